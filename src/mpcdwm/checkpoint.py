@@ -1,0 +1,142 @@
+"""Checkpoints: one atomic, checksummed file per trained thing.
+
+Every trained artefact (offline agents, the online collector agent, world
+models) is saved here and only here. A checkpoint holds
+
+* ``state``: any pytree of arrays (parameters, optimizer state, RNG key, step),
+* ``meta``: a JSON-able dict (config, env id, observation/action sizes,
+  normalisation statistics, the kind of artefact).
+
+The file is written to a temporary name in the same folder, fsynced and renamed,
+so a killed process leaves either the old checkpoint or the new one, never half
+of one. A SHA-256 over the payload catches truncated or corrupted files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import serialization
+
+MAGIC = b"MPCDWM-CKPT-1\n"
+_DIGEST = 32
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged, or does not fit what it is loaded into."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> Path:
+    """Atomically write ``state`` (a pytree) and ``meta`` (JSON-able) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = jax.tree_util.tree_map(_key_to_data, state)
+    state_dict = serialization.to_state_dict(jax.device_get(state))
+    payload = serialization.msgpack_serialize(
+        {"meta": json.dumps(meta, sort_keys=True, default=_json_default), "state": state_dict}
+    )
+    blob = MAGIC + hashlib.sha256(payload).digest() + payload
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    target: Any | None = None,
+    expect: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Read a checkpoint; returns ``(state, meta)``.
+
+    ``target``: a pytree of the same structure (e.g. a freshly initialised
+    state) to restore into; without it the raw nested dict is returned.
+    ``expect``: meta entries that must match (``env_id``, ``obs_dim``, ``kind``
+    ...); a mismatch raises :class:`CheckpointError` naming both values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"No checkpoint at {path}. Train one first (e.g. `mpcdwm train-agent ... --out DIR`) "
+            "or pass the folder that holds it."
+        )
+    blob = path.read_bytes()
+    if not blob.startswith(MAGIC):
+        raise CheckpointError(f"{path} is not an mpcdwm checkpoint (bad header).")
+    digest, payload = blob[len(MAGIC) : len(MAGIC) + _DIGEST], blob[len(MAGIC) + _DIGEST :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted (checksum mismatch). Delete it and retrain, "
+            "or resume from an earlier checkpoint."
+        )
+    raw = serialization.msgpack_restore(payload)
+    meta = json.loads(raw["meta"])
+    for key, want in (expect or {}).items():
+        have = meta.get(key)
+        if have != want:
+            raise CheckpointError(
+                f"{path} was made for {key}={have!r}, but {key}={want!r} is needed here. "
+                "Use a checkpoint trained on the same environment/dataset, or retrain."
+            )
+    state = raw["state"]
+    if target is not None:
+        try:
+            plain_target = jax.tree_util.tree_map(_key_to_data, target)
+            state = serialization.from_state_dict(plain_target, state)
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"{path} does not match the expected structure ({err}). It was probably made "
+                "with a different config (network sizes, agent type); retrain or fix the config."
+            ) from err
+        _check_shapes(path, plain_target, state)
+        state = jax.tree_util.tree_map(_restore_key, target, state)
+    return state, meta
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _key_to_data(x: Any) -> Any:
+    # Typed PRNG keys cannot become NumPy arrays; store their raw key data.
+    return jax.random.key_data(x) if _is_key(x) else x
+
+
+def _restore_key(template: Any, value: Any) -> Any:
+    return jax.random.wrap_key_data(value) if _is_key(template) else value
+
+
+def _check_shapes(path: Path, target: Any, state: Any) -> None:
+    want = jax.tree_util.tree_leaves_with_path(target)
+    have = jax.tree_util.tree_leaves(state)
+    for (key_path, w), h in zip(want, have, strict=True):
+        if np.shape(w) != np.shape(h):
+            name = jax.tree_util.keystr(key_path)
+            raise CheckpointError(
+                f"{path}: parameter {name} has shape {np.shape(h)}, expected {np.shape(w)}. "
+                "The checkpoint comes from another environment or network size."
+            )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray | jax.Array):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in checkpoint meta")
