@@ -491,15 +491,12 @@ def _load_minari(
     if not parts["observations"]:
         raise DatasetError(f"dataset {name!r} has no episodes.")
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    meta_min = getattr(spec, "ref_min_score", None)
-    meta_max = getattr(spec, "ref_max_score", None)
-    metadata = {"source": "minari", "path": str(ds.spec.data_path)}
-    extra = getattr(ds, "storage", None)
-    if extra is not None:
-        stored = extra.metadata
-        for key in ("mpcdwm_command", "mpcdwm_seed", "mpcdwm_recipe"):
-            if key in stored:
-                metadata[key] = stored[key]
+    stored = ds.storage.metadata
+    metadata = {"source": "minari", "path": str(spec.data_path)}
+    for key in ("mpcdwm_command", "mpcdwm_seed", "mpcdwm_recipe"):
+        if key in stored:
+            metadata[key] = stored[key]
+    meta_min, meta_max = stored.get("ref_min_score"), stored.get("ref_max_score")
     return make_dataset(
         arrays,
         name=name,
