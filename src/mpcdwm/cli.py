@@ -101,10 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     commands = _commands()
     by_type = {cls: fn for cls, fn in commands.values()}
-    args, config_file = _split_config_flag(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = next((a for a in args if a in commands), None)
+    config_file = None
+    if name != "sweep":  # for `sweep`, --config is its own flag (the sweep file)
+        args, config_file = _split_config_flag(args)
     defaults: dict[str, Any] = {}
     if config_file is not None:
-        name = next((a for a in args if a in commands), None)
         try:
             if name is None:
                 raise ValueError("--config needs a subcommand, e.g. `mpcdwm run --config FILE`")

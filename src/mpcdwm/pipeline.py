@@ -1,0 +1,210 @@
+"""The whole method as one resumable run: ``mpcdwm run``, ``mpcdwm demo``, ``mpcdwm report``.
+
+A run directory holds one folder per stage::
+
+    RUN/config.yaml          the effective config
+    RUN/agent/               base offline agent       (mpcdwm train-agent)
+    RUN/world_model/         transition/reward/termination models (mpcdwm train-world-model)
+    RUN/eval/eval.json       base policy and planners in the real env (mpcdwm evaluate)
+    RUN/report/              report.md, report.html, plots (mpcdwm report)
+
+A stage whose output is complete is skipped, a stage that was interrupted
+resumes from its last checkpoint, so re-running the same command finishes the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from rich.console import Console
+from rich.rule import Rule
+
+from mpcdwm.checkpoint import CheckpointError, load_checkpoint
+from mpcdwm.mpc import MPCConfig
+from mpcdwm.report import ReportConfig, report
+from mpcdwm.sweep import SweepConfig, sweep
+
+Planner = Literal["none", "mpc", "action-grad", "mppi"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Dataset -> base agent -> world model -> evaluation -> report, in one folder."""
+
+    dataset: str
+    """Minari dataset id or folder, or a D4RL .hdf5 file."""
+    out: Path = Path("runs/run")
+    """Run directory; re-running with the same folder resumes."""
+    seed: int = 0
+    agent: Literal["rebrac", "iql", "td3bc"] = "rebrac"
+    agent_steps: int = 100_000
+    """Gradient steps for the base agent."""
+    world_model: Literal["diffusion", "flow", "mlp"] = "diffusion"
+    world_model_steps: int = 50_000
+    denoise_steps: int = 5
+    """Denoising steps of the diffusion model (flow steps for flow matching)."""
+    planners: tuple[Planner, ...] = ("none", "mpc")
+    episodes: int = 10
+    """Evaluation episodes per planner."""
+    max_episode_steps: int | None = None
+    """Cut evaluation episodes at this many steps (None: the env's own limit)."""
+    mpc: MPCConfig = dataclasses.field(default_factory=MPCConfig)
+    """Budget and options of the inference-time adaptation (and the comparison planners)."""
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """The README's main job: the whole pipeline on the small Hopper dataset shipped inside
+    the package, with budgets that finish in minutes on a laptop CPU."""
+
+    out: Path = Path("runs/demo")
+    seed: int = 0
+    agent_steps: int = 20_000
+    world_model_steps: int = 10_000
+    episodes: int = 3
+    progress: bool = True
+
+
+def shipped_dataset() -> Path:
+    """Folder of the Minari dataset shipped inside the package (Hopper-v5, medium)."""
+    path = Path(str(resources.files("mpcdwm") / "assets" / "hopper-medium-v0"))
+    if not (path / "data").is_dir():
+        raise FileNotFoundError(
+            f"the shipped demo dataset is missing at {path}; reinstall mpcdwm or regenerate it "
+            "(see src/mpcdwm/assets/README.md)"
+        )
+    return path
+
+
+def _stage_done(ckpt_dir: Path) -> bool:
+    try:
+        _, meta = load_checkpoint(ckpt_dir / "checkpoint.ckpt")
+    except CheckpointError:
+        return False
+    return bool(meta.get("done"))
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def run(cfg: RunConfig) -> Path:
+    """Run (or resume) every stage; returns the run directory."""
+    from mpcdwm.agents import TrainAgentConfig, train_agent
+    from mpcdwm.evaluate import EvaluateConfig, evaluate
+    from mpcdwm.world import TrainWorldModelConfig, train_world_model
+
+    console = Console(stderr=True)
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    effective = _to_plain(cfg)
+    config_path = out / "config.yaml"
+    if config_path.exists():
+        previous = yaml.safe_load(config_path.read_text())
+        if previous != effective:
+            changed = sorted(k for k in effective if previous.get(k) != effective[k])
+            console.print(
+                f"[yellow]note:[/] {config_path} differs in {changed}; completed stages are kept, "
+                "later ones use the new config. Use a new --out to start clean."
+            )
+    config_path.write_text(yaml.safe_dump(effective, sort_keys=False))
+
+    stages = 4
+    t_start = time.perf_counter()
+    agent_dir, wm_dir, eval_dir = out / "agent", out / "world_model", out / "eval"
+
+    console.print(Rule(f"[1/{stages}] base agent: {cfg.agent}"))
+    if _stage_done(agent_dir):
+        console.print(f"done already ({agent_dir}); skipped")
+    else:
+        train_agent(
+            TrainAgentConfig(
+                dataset=cfg.dataset,
+                agent=cfg.agent,
+                steps=cfg.agent_steps,
+                out=agent_dir,
+                seed=cfg.seed,
+                progress=cfg.progress,
+            )
+        )
+
+    console.print(Rule(f"[2/{stages}] world model: {cfg.world_model}"))
+    if _stage_done(wm_dir):
+        console.print(f"done already ({wm_dir}); skipped")
+    else:
+        train_world_model(
+            TrainWorldModelConfig(
+                dataset=cfg.dataset,
+                model=cfg.world_model,
+                steps=cfg.world_model_steps,
+                out=wm_dir,
+                seed=cfg.seed,
+                denoise_steps=cfg.denoise_steps,
+                progress=cfg.progress,
+            )
+        )
+
+    console.print(Rule(f"[3/{stages}] evaluation: {', '.join(cfg.planners)}"))
+    eval_json = eval_dir / "eval.json"
+    eval_cfg = EvaluateConfig(
+        agent=agent_dir,
+        world_model=wm_dir,
+        planner=cfg.planners,
+        episodes=cfg.episodes,
+        seed=cfg.seed,
+        out=eval_dir,
+        mpc=cfg.mpc,
+        max_steps=cfg.max_episode_steps,
+        progress=cfg.progress,
+    )
+    if eval_json.exists() and json.loads(eval_json.read_text()).get("config") == _to_plain(
+        eval_cfg
+    ):
+        console.print(f"done already ({eval_json}); skipped")
+    else:
+        evaluate(eval_cfg)
+
+    console.print(Rule(f"[4/{stages}] report"))
+    report_md = report(ReportConfig(runs=(eval_dir,), out=out / "report"))
+    console.print(
+        f"finished in {time.perf_counter() - t_start:.0f} s. Report: {report_md} "
+        f"(also {report_md.with_suffix('.html')})"
+    )
+    return out
+
+
+def demo(cfg: DemoConfig) -> Path:
+    """Run the pipeline on the shipped dataset with small budgets."""
+    return run(
+        RunConfig(
+            dataset=str(shipped_dataset()),
+            out=cfg.out,
+            seed=cfg.seed,
+            agent_steps=cfg.agent_steps,
+            world_model_steps=cfg.world_model_steps,
+            planners=("none", "mpc"),
+            episodes=cfg.episodes,
+            progress=cfg.progress,
+        )
+    )
+
+
+COMMANDS = {
+    "run": (RunConfig, run),
+    "report": (ReportConfig, report),
+    "sweep": (SweepConfig, sweep),
+    "demo": (DemoConfig, demo),
+}

@@ -1,0 +1,173 @@
+"""Sweeps: datasets x seeds x configs as Ray tasks, gathered into one report.
+
+A sweep file (YAML or TOML)::
+
+    out: runs/sweep                 # every trial is an ordinary run directory below this
+    datasets: [mpcdwm/hopper-medium-v0, mpcdwm/walker2d-medium-v0]
+    seeds: [0, 1, 2]
+    base:                           # RunConfig fields shared by all trials
+      agent_steps: 100000
+      episodes: 10
+    grid:                           # RunConfig fields to vary; dotted keys reach nested configs
+      mpc.horizon: [3, 5]
+      world_model: [diffusion, flow]
+    retries: 1                      # re-runs of a failed trial before it is reported failed
+    cpus_per_trial: 1
+
+``mpcdwm sweep --config FILE`` starts a local Ray instance (or joins
+``--address``), runs every trial (a trial resumes if its folder already holds
+finished stages), reports each failure with its error, and writes the report of
+all successful trials to ``OUT/report``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Run a grid of `mpcdwm run` trials on Ray."""
+
+    config: Path
+    """Sweep file (YAML/TOML), see the module docs."""
+    address: str | None = None
+    """Ray cluster address (e.g. ray://head:10001 or auto); None starts a local Ray."""
+    num_cpus: int | None = None
+    """CPUs for a local Ray instance (None: all)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    name: str
+    run_config: dict[str, Any]
+
+
+def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+    target[parts[-1]] = value
+
+
+def expand_trials(spec: dict[str, Any]) -> list[Trial]:
+    """The trials of a sweep spec: datasets x seeds x the grid's cartesian product."""
+    unknown = set(spec) - {"out", "datasets", "seeds", "base", "grid", "retries", "cpus_per_trial"}
+    if unknown:
+        raise ValueError(f"unknown sweep keys {sorted(unknown)}")
+    if not spec.get("datasets"):
+        raise ValueError("a sweep needs at least one entry under `datasets`")
+    out = Path(spec.get("out", "runs/sweep"))
+    grid = spec.get("grid") or {}
+    keys = sorted(grid)
+    trials = []
+    for dataset, seed, values in itertools.product(
+        spec["datasets"], spec.get("seeds", [0]), itertools.product(*(grid[k] for k in keys))
+    ):
+        cfg: dict[str, Any] = json.loads(json.dumps(spec.get("base") or {}))
+        for key, value in zip(keys, values, strict=True):
+            _set_dotted(cfg, key, value)
+        tag = "_".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+        name = f"{Path(str(dataset)).name.replace('/', '-')}/seed{seed}" + (
+            f"/{tag}" if tag else ""
+        )
+        cfg.update(dataset=str(dataset), seed=int(seed), out=str(out / name), progress=False)
+        trials.append(Trial(name, cfg))
+    return trials
+
+
+def run_trial(run_config: dict[str, Any]) -> str:
+    """Run one trial in this process (what each Ray task executes); returns its run dir."""
+    from mpcdwm.cli import config_from_mapping
+    from mpcdwm.pipeline import RunConfig, run
+
+    return str(run(config_from_mapping(RunConfig, run_config)))
+
+
+def sweep(cfg: SweepConfig) -> Path:
+    """Run every trial of the sweep file on Ray; returns the report path."""
+    import ray
+
+    from mpcdwm.report import ReportConfig, report
+
+    console = Console(stderr=True)
+    spec = _read_spec(cfg.config)
+    trials = expand_trials(spec)
+    out = Path(spec.get("out", "runs/sweep"))
+    retries = int(spec.get("retries", 1))
+    cpus = float(spec.get("cpus_per_trial", 1))
+    console.print(f"sweep: {len(trials)} trial(s) -> {out}")
+
+    ray.init(
+        address=cfg.address,
+        num_cpus=cfg.num_cpus,
+        include_dashboard=False,
+        ignore_reinit_error=True,
+        log_to_driver=False,
+    )
+    try:
+        task = ray.remote(num_cpus=cpus, max_retries=retries, retry_exceptions=True)(_remote_trial)
+        refs = {t.name: task.remote(t.run_config) for t in trials}
+        results: dict[str, tuple[bool, str]] = {}
+        pending = dict(refs)
+        while pending:
+            done, _ = ray.wait(list(pending.values()), num_returns=1)
+            name = next(n for n, r in pending.items() if r == done[0])
+            del pending[name]
+            try:
+                results[name] = (True, ray.get(done[0]))
+                console.print(f"[green]ok[/] {name}")
+            except Exception as err:  # a failed trial is reported, the sweep goes on
+                cause = getattr(err, "cause", err)
+                results[name] = (False, f"{type(cause).__name__}: {cause}")
+                console.print(f"[red]failed[/] {name}: {results[name][1]}")
+    finally:
+        ray.shutdown()
+
+    table = Table(title="sweep trials")
+    table.add_column("trial")
+    table.add_column("status")
+    table.add_column("run dir / error")
+    for name, (ok, detail) in sorted(results.items()):
+        table.add_row(name, "ok" if ok else "FAILED", detail)
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trials.json").write_text(
+        json.dumps({n: {"ok": ok, "detail": d} for n, (ok, d) in results.items()}, indent=1)
+    )
+    good = tuple(Path(d) for ok, d in results.values() if ok)
+    if not good:
+        raise RuntimeError(f"every trial failed; see {out / 'trials.json'}")
+    return report(ReportConfig(runs=good, out=out / "report"))
+
+
+def _remote_trial(run_config: dict[str, Any]) -> str:
+    try:
+        return run_trial(run_config)
+    except Exception as err:
+        # Ray pickles exceptions; keep the message and the traceback text in one error.
+        raise RuntimeError(f"{err}\n{traceback.format_exc(limit=3)}") from None
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    import yaml
+
+    spec = yaml.safe_load(text)
+    if not isinstance(spec, dict):
+        raise ValueError(f"sweep file {path} must hold a mapping")
+    return spec
