@@ -1,0 +1,1 @@
+"""Offline base agents (ReBRAC, IQL, TD3+BC): training runs, checkpoints, loading."""
