@@ -73,14 +73,114 @@ class ReBRACConfig:
     normalize_obs: bool = False
     """Train on observations standardised with dataset statistics (TD3+BC: yes; ReBRAC: no)."""
     normalize_reward: bool = False
-    """Scale MuJoCo rewards by 1000 / (max - min episode return) (off in ReBRAC/TD3+BC)."""
-    antmaze_reward_shift: float = 0.0
-    """Added to AntMaze rewards (ReBRAC keeps the sparse 0/1 reward: 0)."""
+    """Scale rewards by 1000 / (max - min episode return) (IQL's MuJoCo rule; off for ReBRAC)."""
+    reward_scale: float = 1.0
+    """Multiply rewards by this (ReBRAC on AntMaze: 100, as CORL does)."""
+    reward_shift: float = 0.0
+    """Add this to (scaled) rewards (0 for ReBRAC)."""
 
 
 def rebrac_config(**overrides: Any) -> ReBRACConfig:
     """ReBRAC with the given fields replaced."""
     return dataclasses.replace(ReBRACConfig(), **overrides)
+
+
+# (beta1, beta2) per D4RL dataset: CORL's configs/offline/rebrac/*.yaml (= ReBRAC paper, Table 7).
+MUJOCO_BETAS: dict[str, tuple[float, float]] = {
+    "halfcheetah-random": (0.001, 0.1),
+    "halfcheetah-medium": (0.001, 0.01),
+    "halfcheetah-expert": (0.01, 0.01),
+    "halfcheetah-medium-expert": (0.01, 0.1),
+    "halfcheetah-medium-replay": (0.01, 0.001),
+    "halfcheetah-full-replay": (0.001, 0.1),
+    "hopper-random": (0.001, 0.01),
+    "hopper-medium": (0.01, 0.01),
+    "hopper-expert": (0.1, 0.1),
+    "hopper-medium-expert": (0.1, 0.01),
+    "hopper-medium-replay": (0.05, 0.5),
+    "hopper-full-replay": (0.01, 0.01),
+    "walker2d-random": (0.01, 0.0),
+    "walker2d-medium": (0.05, 0.1),
+    "walker2d-expert": (0.01, 0.5),
+    "walker2d-medium-expert": (0.01, 0.01),
+    "walker2d-medium-replay": (0.05, 0.01),
+    "walker2d-full-replay": (0.01, 0.01),
+}
+ANTMAZE_BETAS: dict[str, tuple[float, float]] = {
+    "antmaze-umaze": (0.003, 0.002),
+    "antmaze-umaze-diverse": (0.003, 0.001),
+    "antmaze-medium-play": (0.001, 0.0005),
+    "antmaze-medium-diverse": (0.001, 0.0),
+    "antmaze-large-play": (0.002, 0.001),
+    "antmaze-large-diverse": (0.002, 0.002),
+}
+DEFAULT_BETAS = (0.01, 0.01)
+"""Unknown datasets: the pair CORL uses most often on MuJoCo (hopper-medium and five others);
+mild on both terms. Override with ``actor_bc_coef`` / ``critic_bc_coef`` for your data."""
+DEFAULT_ANTMAZE_BETAS = (0.002, 0.001)
+"""AntMaze-like datasets not in the table: between the published large-maze values."""
+
+_TASKS = (
+    "medium-expert",
+    "medium-replay",
+    "full-replay",
+    "umaze-diverse",
+    "medium-play",
+    "medium-diverse",
+    "large-play",
+    "large-diverse",
+    "random",
+    "medium",
+    "expert",
+    "umaze",
+)
+
+
+def dataset_key(dataset_name: str) -> str:
+    """Canonical ``family-task`` key of a D4RL/Minari/mpcdwm dataset name, or ``""``.
+
+    ``hopper-medium-replay-v2``, ``mujoco/hopper/medium-replay-v0`` and
+    ``mpcdwm/Hopper-v5/medium-replay-v0`` all give ``hopper-medium-replay``.
+    """
+    name = dataset_name.lower().replace("_", "-").replace("/", "-")
+    family = next((f for f in ("halfcheetah", "hopper", "walker2d", "antmaze") if f in name), "")
+    if not family:
+        return ""
+    rest = name.split(family, 1)[1]
+    # _TASKS lists longer names first, so "medium-replay" wins over "medium".
+    task = next((t for t in _TASKS if t in rest), "")
+    return f"{family}-{task}" if task else family
+
+
+def is_antmaze(dataset_name: str) -> bool:
+    """AntMaze datasets get ReBRAC's/IQL's AntMaze conventions."""
+    return "antmaze" in dataset_name.lower()
+
+
+def rebrac_preset(dataset_name: str, **overrides: Any) -> ReBRACConfig:
+    """ReBRAC as published for ``dataset_name`` (D4RL, Minari or mpcdwm naming).
+
+    MuJoCo: batch 1024, lr 1e-3, gamma 0.99, raw rewards, raw states.
+    AntMaze: batch 256, actor lr 3e-4, critic lr 5e-5, gamma 0.999, rewards x100.
+    beta1/beta2 from :data:`MUJOCO_BETAS` / :data:`ANTMAZE_BETAS`; datasets not in
+    the tables get :data:`DEFAULT_BETAS` (:data:`DEFAULT_ANTMAZE_BETAS` for mazes).
+    """
+    key = dataset_key(dataset_name)
+    if is_antmaze(dataset_name):
+        beta1, beta2 = ANTMAZE_BETAS.get(key, DEFAULT_ANTMAZE_BETAS)
+        cfg = ReBRACConfig(
+            actor_lr=3e-4,
+            critic_lr=5e-5,
+            gamma=0.999,
+            batch_size=256,
+            actor_bc_coef=beta1,
+            critic_bc_coef=beta2,
+            reward_scale=100.0,
+        )
+    else:
+        beta1, beta2 = MUJOCO_BETAS.get(key, DEFAULT_BETAS)
+        cfg = ReBRACConfig(actor_bc_coef=beta1, critic_bc_coef=beta2)
+    return dataclasses.replace(cfg, **overrides)
 
 
 def td3bc_config(alpha: float = 2.5, **overrides: Any) -> ReBRACConfig:
@@ -297,6 +397,7 @@ __all__ = [
     "init",
     "make_update",
     "rebrac_config",
+    "rebrac_preset",
     "td3_config",
     "td3bc_config",
     "update",
