@@ -191,7 +191,9 @@ def fit(
             log.write(step, last)
             if step % checkpoint_every == 0 or step == steps:
                 save(final=step == steps)
-            info = "  ".join(f"{k}={v:.3g}" for k, v in list(last.items())[:6])
+            # Evaluation results first, so the bar always shows the latest score.
+            shown = sorted(last.items(), key=lambda kv: not kv[0].startswith("eval"))[:6]
+            info = "  ".join(f"{k}={v:.3g}" for k, v in shown)
             bar.update(task, completed=step, rate=f"{n / dt:.0f}", info=info)
     log.close()
     return state, last
