@@ -1,0 +1,951 @@
+"""Differentiable world models: transition (diffusion / flow matching / MLP), reward, termination.
+
+This module owns the "DWM" of MPCwDWM: everything from training the world model
+on an offline :class:`~mpcdwm.data.Dataset` to the pure functions the planner
+differentiates through, plus the quality report written beside the checkpoint.
+
+Transition models predict the *normalised state change* ``x = (s' - s - mu_d) / sd_d``
+given ``c = ((s - mu_s) / sd_s, a)``:
+
+* ``diffusion``: an MLP denoiser ``f(x_k, c, emb(k))`` trained with the DDPM
+  objective (predict the noise ``eps``, or ``x0``) on a short schedule
+  (``denoise_steps`` = 5-20, cosine by default). Sampling runs the reverse chain
+  with a ``lax.scan``; the caller supplies the noise (``noise_shape =
+  (denoise_steps + 1, obs_dim)``: ``x_K`` and one draw per step), so for fixed
+  noise the chain is a deterministic function of ``(s, a)``. ``ddpm`` uses all
+  of the noise, ``ddim`` (eta = 0) only ``x_K``.
+* ``flow``: conditional flow matching on the linear path ``x_t = (1-t) x_0 + t x_1``
+  (``x_0`` noise, ``x_1`` data), sampled with 1-4 Euler or midpoint steps;
+  ``noise_shape = (obs_dim,)`` is ``x_0``.
+* ``mlp``: a deterministic MLP (``noise`` ignored), or with ``mlp_gaussian`` a
+  Gaussian whose sample is ``mean + std * noise``: the reference point.
+
+Reward ``r(s, a)`` is an ensemble of MLPs (mean in raw reward units;
+disagreement = ensemble std). Termination ``P(done | s, a, s')`` is an MLP
+classifier trained with class-balanced cross-entropy (terminals are rare) whose
+logit is shifted back by ``log(pos_weight)`` so probabilities stay calibrated.
+
+Everything the planner calls takes RAW (unnormalised) inputs for ONE transition
+(leading batch axes also work), is jittable, ``vmap``-able and differentiable:
+see :class:`WorldModel`. Training goes through :func:`mpcdwm.train.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from rich.console import Console
+from rich.table import Table
+
+from mpcdwm.checkpoint import CheckpointError, load_checkpoint
+from mpcdwm.data import Dataset, load_dataset
+from mpcdwm.nets import MLP, Ensemble, sinusoidal_embedding
+from mpcdwm.train import fit
+
+Params = Any
+Batch = dict[str, jax.Array]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": nn.silu,
+    "relu": nn.relu,
+    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
+}
+# Times in [0, 1] are scaled by this before the sinusoidal embedding, so its
+# frequencies (1 .. 1e-4 rad per unit) resolve both 5 and 1000 steps.
+TIME_SCALE = 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainWorldModelConfig:
+    """`mpcdwm train-world-model`: transition, reward and termination models on one dataset."""
+
+    dataset: str = "mpcdwm/hopper-medium-v0"
+    """Minari dataset id, Minari dataset folder, or D4RL .hdf5 path."""
+    model: Literal["diffusion", "flow", "mlp"] = "diffusion"
+    """Transition model: conditional diffusion, flow matching, or plain MLP."""
+    steps: int = 50_000
+    """Gradient steps (all three models are updated at every step)."""
+    out: Path = Path("runs/world_model")
+    """Run folder: checkpoint.ckpt, metrics.jsonl, quality.json."""
+    seed: int = 0
+    """Seed of initialisation, batches, diffusion noise and the validation split."""
+    env_id: str | None = None
+    """Override the environment recorded in the dataset (e.g. Hopper-v5)."""
+    denoise_steps: int = 5
+    """Diffusion steps K (small on purpose: the planner differentiates through all of them)."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Diffusion noise schedule."""
+    prediction: Literal["eps", "x0"] = "eps"
+    """What the denoiser outputs: the noise (DDPM objective) or the clean sample."""
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    """Reverse process: DDPM (uses all supplied noise) or deterministic DDIM (only x_K)."""
+    clip_denoised: float = 10.0
+    """Clip the denoised estimate to +-this (normalised units) in sampling; 0 = no clip."""
+    flow_steps: int = 2
+    """Integration steps of the flow-matching sampler (1-4 is the point)."""
+    flow_solver: Literal["euler", "midpoint"] = "euler"
+    """ODE solver of the flow-matching sampler (midpoint costs 2 network calls per step)."""
+    mlp_gaussian: bool = False
+    """For model=mlp: predict mean and std and sample mean + std * noise (else deterministic)."""
+    hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the denoiser / velocity / MLP transition network."""
+    time_embed_dim: int = 32
+    """Size of the sinusoidal time embedding fed to the denoiser."""
+    activation: Literal["silu", "relu", "mish"] = "silu"
+    """Hidden activation of every network (smooth ones give smoother planner gradients)."""
+    reward_hidden_dims: tuple[int, ...] = (256, 256)
+    """Hidden widths of each reward-ensemble member."""
+    reward_ensemble: int = 5
+    """Reward-ensemble size (its std is the disagreement the planner may penalise)."""
+    termination_hidden_dims: tuple[int, ...] = (256, 256)
+    """Hidden widths of the termination classifier."""
+    max_pos_weight: float = 1000.0
+    """Cap on the weight of terminal transitions in the balanced termination loss."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    lr: float = 3e-4
+    """Adam learning rate (one optimiser over all three models)."""
+    val_fraction: float = 0.1
+    """Fraction of episodes held out for validation and the quality report."""
+    quality_transitions: int = 10_000
+    """Held-out transitions used for the one-step/reward/termination report (subsampled)."""
+    quality_windows: int = 256
+    """Held-out trajectory windows used for the open-loop error."""
+    quality_horizons: tuple[int, ...] = (1, 5, 10)
+    """Open-loop horizons H reported in quality.json."""
+    eval_every: int = 10_000
+    """Validation losses every this many steps (0 = only at the end)."""
+    checkpoint_every: int = 10_000
+    """Checkpoint every this many steps (rounded up to whole chunks)."""
+    chunk: int = 1000
+    """Updates fused into one jitted program."""
+    log: tuple[Literal["wandb", "tensorboard"], ...] = ()
+    """Extra metric backends besides metrics.jsonl."""
+    drop_invalid: bool = False
+    """Drop dataset rows with NaN/inf instead of failing."""
+    progress: bool = True
+    """Show progress bars."""
+    resume: bool = True
+    """Resume from out/checkpoint.ckpt when it exists (same config required)."""
+
+
+# Fields that do not change what is trained; left out of the resume check.
+_RUNTIME_FIELDS = ("out", "progress", "resume", "log", "eval_every", "checkpoint_every")
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _networks(cfg: TrainWorldModelConfig, obs_dim: int) -> dict[str, nn.Module]:
+    act = ACTIVATIONS[cfg.activation]
+    out = 2 * obs_dim if (cfg.model == "mlp" and cfg.mlp_gaussian) else obs_dim
+    return {
+        # Small final layer: a fresh denoiser predicts ~0, which keeps early
+        # training (and untrained gradient tests) well conditioned.
+        "transition": MLP(cfg.hidden_dims, out, activation=act, final_scale=0.1),
+        "reward": Ensemble(cfg.reward_ensemble, cfg.reward_hidden_dims, 1, activation=act),
+        "termination": MLP(cfg.termination_hidden_dims, 1, activation=act),
+    }
+
+
+def _transition_in_dim(cfg: TrainWorldModelConfig, obs_dim: int, act_dim: int) -> int:
+    cond = obs_dim + act_dim
+    return cond if cfg.model == "mlp" else obs_dim + cond + cfg.time_embed_dim
+
+
+def init_params(cfg: TrainWorldModelConfig, obs_dim: int, act_dim: int, key: jax.Array) -> Params:
+    """Fresh parameters ``{"transition", "reward", "termination"}`` for ``cfg``."""
+    nets = _networks(cfg, obs_dim)
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "transition": nets["transition"].init(
+            k1, jnp.zeros(_transition_in_dim(cfg, obs_dim, act_dim))
+        ),
+        "reward": nets["reward"].init(k2, jnp.zeros(obs_dim + act_dim)),
+        "termination": nets["termination"].init(k3, jnp.zeros(2 * obs_dim + act_dim)),
+    }
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def diffusion_schedule(steps: int, kind: str = "cosine") -> dict[str, np.ndarray]:
+    """``alpha_bar`` and ``beta`` of a ``steps``-step schedule (float64, index 0 = least noise).
+
+    Cosine: Nichol & Dhariwal (2021), betas capped at 0.999; linear: DDPM's
+    1e-4 .. 0.02 range rescaled to ``steps`` (as in improved DDPM).
+    """
+    if steps < 1:
+        raise ValueError(f"denoise_steps must be >= 1, got {steps}")
+    if kind == "cosine":
+        s = 0.008
+        t = np.arange(steps + 1, dtype=np.float64) / steps
+        f = np.cos((t + s) / (1 + s) * np.pi / 2) ** 2
+        betas = np.clip(1.0 - f[1:] / f[:-1], 1e-5, 0.999)
+    elif kind == "linear":
+        scale = 1000.0 / steps
+        betas = np.linspace(scale * 1e-4, min(scale * 0.02, 0.999), steps, dtype=np.float64)
+    else:
+        raise ValueError(f"unknown schedule {kind!r}; use 'cosine' or 'linear'")
+    return {"betas": betas, "alpha_bar": np.cumprod(1.0 - betas)}
+
+
+def _sampler_constants(cfg: TrainWorldModelConfig) -> dict[str, np.ndarray]:
+    """Per-step constants of the sampler, in the order the reverse scan visits them.
+
+    Precomputed once (time embeddings included) so each denoising step is one
+    network call and a few multiply-adds.
+    """
+    if cfg.model == "diffusion":
+        k = cfg.denoise_steps
+        sched = diffusion_schedule(k, cfg.schedule)
+        ab, beta = sched["alpha_bar"], sched["betas"]
+        ab_prev = np.r_[1.0, ab[:-1]]
+        rev = slice(None, None, -1)
+        times = (np.arange(k) + 1.0) / k
+        emb = np.asarray(sinusoidal_embedding(times * TIME_SCALE, cfg.time_embed_dim), np.float64)
+        return {
+            "emb": emb[rev],
+            "sqrt_ab": np.sqrt(ab)[rev],
+            "sqrt_1m_ab": np.sqrt(1.0 - ab)[rev],
+            # DDPM posterior q(x_{k-1} | x_k, x0): mean = c0 x0 + ck x_k, std sigma.
+            "c0": (np.sqrt(ab_prev) * beta / (1.0 - ab))[rev],
+            "ck": (np.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab))[rev],
+            "sigma": np.sqrt(beta * (1.0 - ab_prev) / (1.0 - ab))[rev],
+            # DDIM (eta = 0): x_{k-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps.
+            "sqrt_ab_prev": np.sqrt(ab_prev)[rev],
+            "sqrt_1m_ab_prev": np.sqrt(1.0 - ab_prev)[rev],
+            # Training: embedding of step index k (0 = least noise).
+            "train_emb": emb,
+            "train_sqrt_ab": np.sqrt(ab),
+            "train_sqrt_1m_ab": np.sqrt(1.0 - ab),
+        }
+    if cfg.model == "flow":
+        n = cfg.flow_steps
+        if n < 1:
+            raise ValueError(f"flow_steps must be >= 1, got {n}")
+        t0 = np.arange(n, dtype=np.float64) / n
+        mid = t0 + 0.5 / n
+        emb = lambda t: np.asarray(  # noqa: E731
+            sinusoidal_embedding(t * TIME_SCALE, cfg.time_embed_dim), np.float64
+        )
+        return {"emb": emb(t0), "emb_mid": emb(mid)}
+    return {}
+
+
+def _noise_shape(cfg: TrainWorldModelConfig, obs_dim: int) -> tuple[int, ...]:
+    if cfg.model == "diffusion":
+        return (cfg.denoise_steps + 1, obs_dim)
+    return (obs_dim,)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WorldModel:
+    """A trained world model: parameters, normalisation constants, and pure functions of them.
+
+    Every method takes ``params`` explicitly (pass ``wm.params``) and RAW inputs
+    for one transition: ``s (obs_dim,)``, ``a (act_dim,)``, ``noise noise_shape``
+    (leading batch axes, equal for all arguments, are allowed too). Jit, vmap
+    and differentiate them freely. Hashes by identity, so it can be a static
+    argument of ``jax.jit``.
+    """
+
+    params: Params
+    noise_shape: tuple[int, ...]
+    obs_dim: int
+    act_dim: int
+    env_id: str
+    kind: str
+    meta: dict[str, Any]
+    config: TrainWorldModelConfig = TrainWorldModelConfig()
+    consts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    # -- transition ---------------------------------------------------------
+    def next_state(self, params: Params, s: jax.Array, a: jax.Array, noise: jax.Array) -> jax.Array:
+        """``s' (obs_dim,)`` from ``s (obs_dim,)``, ``a (act_dim,)``, ``noise noise_shape``.
+
+        Deterministic for fixed ``noise``; differentiable w.r.t. all inputs
+        through every denoising / integration step.
+        """
+        s, a = self._check(s, a)
+        noise = jnp.asarray(noise)
+        if noise.shape[noise.ndim - len(self.noise_shape) :] != self.noise_shape:
+            raise ValueError(
+                f"noise has shape {noise.shape}; this {self.kind} model needs (..., "
+                f"{self.noise_shape}). Draw it with wm.sample_noise(key, batch_shape)."
+            )
+        c = self.consts
+        cond = jnp.concatenate([(s - c["obs_mean"]) / c["obs_std"], a], axis=-1)
+        net = _networks(self.config, self.obs_dim)["transition"]
+        if self.kind == "diffusion":
+            x = _reverse_diffusion(net, params["transition"], self.config, c, cond, noise)
+        elif self.kind == "flow":
+            x = _integrate_flow(net, params["transition"], self.config, c, cond, noise)
+        else:
+            out = net.apply(params["transition"], cond)
+            x = out[..., : self.obs_dim]
+            if self.config.mlp_gaussian:
+                x = x + _gaussian_std(out[..., self.obs_dim :]) * noise
+        return s + x * c["delta_std"] + c["delta_mean"]
+
+    # -- reward ---------------------------------------------------------------
+    def _reward_members(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array:
+        s, a = self._check(s, a)
+        c = self.consts
+        x = jnp.concatenate([(s - c["obs_mean"]) / c["obs_std"], a], axis=-1)
+        out = _networks(self.config, self.obs_dim)["reward"].apply(params["reward"], x)[..., 0]
+        return out * c["reward_std"] + c["reward_mean"]  # (ensemble, ...) raw units
+
+    def reward(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array:
+        """Predicted reward (scalar, raw units): the ensemble mean."""
+        return jnp.mean(self._reward_members(params, s, a), axis=0)
+
+    def reward_disagreement(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array:
+        """Ensemble standard deviation of the reward (scalar >= 0; 0 for a single member)."""
+        members = self._reward_members(params, s, a)
+        if members.shape[0] == 1:
+            return jnp.zeros_like(members[0])
+        # sqrt(var + tiny) keeps the gradient finite where members agree exactly.
+        return jnp.sqrt(jnp.var(members, axis=0) + 1e-12)
+
+    # -- termination ------------------------------------------------------------
+    def done_logit(self, params: Params, s: jax.Array, a: jax.Array, s_next: jax.Array):
+        """Calibrated logit of P(done | s, a, s')."""
+        s, a = self._check(s, a)
+        s_next, _ = self._check(s_next, a)
+        c = self.consts
+        x = jnp.concatenate(
+            [(s - c["obs_mean"]) / c["obs_std"], a, (s_next - c["obs_mean"]) / c["obs_std"]],
+            axis=-1,
+        )
+        logit = _networks(self.config, self.obs_dim)["termination"].apply(params["termination"], x)
+        return logit[..., 0] - c["logit_offset"]
+
+    def done_prob(self, params: Params, s: jax.Array, a: jax.Array, s_next: jax.Array):
+        """P(done | s, a, s') in [0, 1] (scalar)."""
+        return jax.nn.sigmoid(self.done_logit(params, s, a, s_next))
+
+    # -- noise ----------------------------------------------------------------------
+    def sample_noise(self, key: jax.Array, batch_shape: tuple[int, ...] = ()) -> jax.Array:
+        """Standard normal noise of shape ``batch_shape + noise_shape``."""
+        return jax.random.normal(key, tuple(batch_shape) + self.noise_shape)
+
+    def with_sampler(
+        self,
+        sampler: str | None = None,
+        flow_steps: int | None = None,
+        flow_solver: str | None = None,
+        clip_denoised: float | None = None,
+    ) -> WorldModel:
+        """The same trained model with another sampler (DDPM<->DDIM, flow steps/solver).
+
+        The diffusion step count is fixed by training; flow models are trained
+        in continuous time, so any ``flow_steps`` works.
+        """
+        changes = {
+            k: v
+            for k, v in dict(
+                sampler=sampler,
+                flow_steps=flow_steps,
+                flow_solver=flow_solver,
+                clip_denoised=clip_denoised,
+            ).items()
+            if v is not None
+        }
+        cfg = dataclasses.replace(self.config, **changes)
+        consts = {**self.consts, **_as_consts(_sampler_constants(cfg))}
+        return dataclasses.replace(
+            self, config=cfg, consts=consts, noise_shape=_noise_shape(cfg, self.obs_dim)
+        )
+
+    def _check(self, s: Any, a: Any) -> tuple[jax.Array, jax.Array]:
+        s, a = jnp.asarray(s), jnp.asarray(a)
+        if s.ndim == 0 or s.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"state has shape {s.shape}, but this world model ({self.env_id}) takes "
+                f"observations of size {self.obs_dim}. Use a model trained on this environment."
+            )
+        if a.ndim == 0 or a.shape[-1] != self.act_dim:
+            raise ValueError(
+                f"action has shape {a.shape}, but this world model ({self.env_id}) takes "
+                f"actions of size {self.act_dim}."
+            )
+        if s.shape[:-1] != a.shape[:-1]:
+            raise ValueError(
+                f"state batch shape {s.shape[:-1]} differs from action batch shape "
+                f"{a.shape[:-1]}; pass one transition (and jax.vmap over rollouts)."
+            )
+        return s, a
+
+
+def _gaussian_std(raw: jax.Array) -> jax.Array:
+    # Softplus with a floor: std never collapses to 0 and stays differentiable.
+    return nn.softplus(raw) + 1e-3
+
+
+def _reverse_diffusion(
+    net: nn.Module, p: Params, cfg: TrainWorldModelConfig, c: dict, cond: jax.Array, noise
+) -> jax.Array:
+    """Run the reverse chain from ``noise[..., 0, :]``; ``lax.scan`` over the K steps."""
+    noise = jnp.moveaxis(noise, -2, 0)  # (K + 1, ..., obs_dim)
+    batch = cond.shape[:-1]
+    clip = cfg.clip_denoised
+    ddpm = cfg.sampler == "ddpm"
+
+    def step(x, inp):
+        emb = jnp.broadcast_to(inp["emb"], (*batch, inp["emb"].shape[-1]))
+        out = net.apply(p, jnp.concatenate([x, cond, emb], axis=-1))
+        if cfg.prediction == "eps":
+            x0 = (x - inp["sqrt_1m_ab"] * out) / inp["sqrt_ab"]
+        else:
+            x0 = out
+        if clip > 0:
+            x0 = jnp.clip(x0, -clip, clip)
+        if ddpm:
+            x = inp["c0"] * x0 + inp["ck"] * x + inp["sigma"] * inp["z"]
+        else:
+            eps = (x - inp["sqrt_ab"] * x0) / inp["sqrt_1m_ab"]
+            x = inp["sqrt_ab_prev"] * x0 + inp["sqrt_1m_ab_prev"] * eps
+        return x, None
+
+    names = ("emb", "sqrt_ab", "sqrt_1m_ab", "c0", "ck", "sigma", "sqrt_ab_prev", "sqrt_1m_ab_prev")
+    xs = {k: c[k] for k in names}
+    # Scalars per step broadcast against (..., obs_dim).
+    ones = (1,) * (len(batch) + 1)
+    xs = {k: (v if k == "emb" else v.reshape((-1, *ones))) for k, v in xs.items()}
+    xs["z"] = noise[1:]
+    x, _ = jax.lax.scan(step, noise[0], xs, unroll=True)
+    return x
+
+
+def _integrate_flow(
+    net: nn.Module, p: Params, cfg: TrainWorldModelConfig, c: dict, cond: jax.Array, x: jax.Array
+) -> jax.Array:
+    """Integrate the learned velocity from t = 0 (noise) to t = 1 with ``flow_steps`` steps."""
+    batch = cond.shape[:-1]
+    dt = 1.0 / cfg.flow_steps
+
+    def velocity(x, emb):
+        emb = jnp.broadcast_to(emb, (*batch, emb.shape[-1]))
+        return net.apply(p, jnp.concatenate([x, cond, emb], axis=-1))
+
+    def step(x, inp):
+        v = velocity(x, inp["emb"])
+        if cfg.flow_solver == "midpoint":
+            v = velocity(x + 0.5 * dt * v, inp["emb_mid"])
+        return x + dt * v, None
+
+    x, _ = jax.lax.scan(step, x, {"emb": c["emb"], "emb_mid": c["emb_mid"]}, unroll=True)
+    return x
+
+
+def _as_consts(d: dict[str, Any]) -> dict[str, np.ndarray]:
+    # float64 NumPy: becomes float32 under default JAX and float64 under x64.
+    return {k: np.asarray(v, np.float64) for k, v in d.items()}
+
+
+def make_world_model(
+    params: Params,
+    cfg: TrainWorldModelConfig,
+    norm: dict[str, Any],
+    *,
+    obs_dim: int,
+    act_dim: int,
+    env_id: str,
+    meta: dict[str, Any] | None = None,
+) -> WorldModel:
+    """Assemble a :class:`WorldModel` from parameters, config and normalisation constants.
+
+    ``norm``: ``obs_mean, obs_std, delta_mean, delta_std (obs_dim,)``,
+    ``reward_mean, reward_std, logit_offset`` (scalars), e.g. from
+    :func:`normalisation`.
+    """
+    consts = _as_consts({**norm, **_sampler_constants(cfg)})
+    return WorldModel(
+        params=params,
+        noise_shape=_noise_shape(cfg, obs_dim),
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        env_id=env_id,
+        kind=cfg.model,
+        meta=dict(meta or {}),
+        config=cfg,
+        consts=consts,
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def normalisation(dataset: Dataset, max_pos_weight: float = 1000.0) -> dict[str, Any]:
+    """Normalisation constants of the inputs and targets, from (training) data."""
+    delta = dataset.next_observations - dataset.observations
+    n_pos = int(dataset.terminals.sum())
+    n_neg = len(dataset) - n_pos
+    # Balanced loss weight for the rare terminals; with none, no reweighting.
+    pos_weight = float(np.clip(n_neg / n_pos, 1.0, max_pos_weight)) if n_pos else 1.0
+    return {
+        "obs_mean": dataset.observations.mean(0),
+        "obs_std": dataset.observations.std(0) + 1e-3,
+        "delta_mean": delta.mean(0),
+        "delta_std": delta.std(0) + 1e-3,
+        "reward_mean": float(dataset.rewards.mean()),
+        "reward_std": float(dataset.rewards.std() + 1e-3),
+        "logit_offset": math.log(pos_weight),
+    }
+
+
+def training_arrays(dataset: Dataset, norm: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Normalised arrays the update samples from (``(N, ...)`` float32)."""
+    o = lambda x: (x - norm["obs_mean"]) / norm["obs_std"]  # noqa: E731
+    delta = dataset.next_observations - dataset.observations
+    arrays = {
+        "obs": o(dataset.observations),
+        "act": dataset.actions,
+        "delta": (delta - norm["delta_mean"]) / norm["delta_std"],
+        "next_obs": o(dataset.next_observations),
+        "rew": (dataset.rewards - norm["reward_mean"]) / norm["reward_std"],
+        "done": dataset.terminals.astype(np.float32),
+    }
+    return {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+
+
+def make_loss(cfg: TrainWorldModelConfig, obs_dim: int, logit_offset: float) -> Callable:
+    """``loss(params, batch, key) -> (total, metrics)`` over all three models.
+
+    The three networks share no parameters, so one summed loss with one Adam
+    trains each exactly as if it had its own optimiser.
+    """
+    nets = _networks(cfg, obs_dim)
+    c = _as_consts(_sampler_constants(cfg))
+    pos_weight = math.exp(logit_offset)
+
+    def transition_loss(p, batch, key):
+        x1, cond = batch["delta"], jnp.concatenate([batch["obs"], batch["act"]], -1)
+        n = x1.shape[0]
+        k_t, k_eps = jax.random.split(key)
+        eps = jax.random.normal(k_eps, x1.shape)
+        if cfg.model == "diffusion":
+            k = jax.random.randint(k_t, (n,), 0, cfg.denoise_steps)
+            sa, s1m = jnp.asarray(c["train_sqrt_ab"])[k, None], jnp.asarray(c["train_sqrt_1m_ab"])
+            xk = sa * x1 + s1m[k, None] * eps
+            out = nets["transition"].apply(
+                p, jnp.concatenate([xk, cond, jnp.asarray(c["train_emb"], jnp.float32)[k]], -1)
+            )
+            return jnp.mean((out - (eps if cfg.prediction == "eps" else x1)) ** 2)
+        if cfg.model == "flow":
+            t = jax.random.uniform(k_t, (n, 1))
+            xt = (1.0 - t) * eps + t * x1
+            emb = sinusoidal_embedding(t[:, 0] * TIME_SCALE, cfg.time_embed_dim)
+            v = nets["transition"].apply(p, jnp.concatenate([xt, cond, emb], -1))
+            return jnp.mean((v - (x1 - eps)) ** 2)
+        out = nets["transition"].apply(p, cond)
+        mean = out[:, :obs_dim]
+        if not cfg.mlp_gaussian:
+            return jnp.mean((mean - x1) ** 2)
+        std = _gaussian_std(out[:, obs_dim:])
+        return jnp.mean(0.5 * ((mean - x1) / std) ** 2 + jnp.log(std))
+
+    def reward_loss(p, batch):
+        x = jnp.concatenate([batch["obs"], batch["act"]], -1)
+        pred = nets["reward"].apply(p, x)[..., 0]  # (ensemble, batch)
+        return jnp.mean((pred - batch["rew"]) ** 2)
+
+    def termination_loss(p, batch):
+        x = jnp.concatenate([batch["obs"], batch["act"], batch["next_obs"]], -1)
+        logit = nets["termination"].apply(p, x)[:, 0]
+        y = batch["done"]
+        per = pos_weight * y * nn.softplus(-logit) + (1.0 - y) * nn.softplus(logit)
+        return jnp.mean(per) / (0.5 * (1.0 + pos_weight))  # O(1) whatever the weight
+
+    def loss(params, batch, key):
+        lt = transition_loss(params["transition"], batch, key)
+        lr = reward_loss(params["reward"], batch)
+        ld = termination_loss(params["termination"], batch)
+        return lt + lr + ld, {"loss_transition": lt, "loss_reward": lr, "loss_termination": ld}
+
+    return loss
+
+
+def make_update(cfg: TrainWorldModelConfig, obs_dim: int, logit_offset: float):
+    """``(init_state(params), update(state, batch, key))`` for :func:`mpcdwm.train.fit`."""
+    opt = optax.adam(cfg.lr)
+    loss = make_loss(cfg, obs_dim, logit_offset)
+
+    def init_state(params: Params) -> dict[str, Any]:
+        return {"params": params, "opt": opt.init(params)}
+
+    def update(state, batch, key):
+        grads, metrics = jax.grad(loss, has_aux=True)(state["params"], batch, key)
+        updates, opt_state = opt.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt": opt_state}, metrics
+
+    return init_state, update
+
+
+def _plain_config(cfg: TrainWorldModelConfig) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in _RUNTIME_FIELDS:
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _config_from_plain(d: dict[str, Any]) -> TrainWorldModelConfig:
+    names = {f.name for f in dataclasses.fields(TrainWorldModelConfig)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    return TrainWorldModelConfig(**kw)
+
+
+def train_world_model(cfg: TrainWorldModelConfig, dataset: Dataset | None = None) -> Path:
+    """Train (or resume) transition, reward and termination models; returns the run folder.
+
+    Writes ``cfg.out/checkpoint.ckpt`` (through :func:`mpcdwm.train.fit`, meta
+    ``kind="world_model"``), ``metrics.jsonl`` and ``quality.json`` (held-out
+    report, also printed). ``dataset`` overrides loading ``cfg.dataset``.
+    """
+    _validate_config(cfg)
+    console = Console(stderr=True)
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)
+    if dataset.dropped_rows:
+        console.print(f"[yellow]dropped {dataset.dropped_rows} row(s) with NaN/inf[/]")
+    if cfg.val_fraction > 0:
+        train_ds, val_ds = dataset.split(cfg.val_fraction, cfg.seed)
+    else:
+        train_ds, val_ds = dataset, dataset
+    norm = normalisation(train_ds, cfg.max_pos_weight)
+    data = {k: jnp.asarray(v) for k, v in training_arrays(train_ds, norm).items()}
+    val = {k: jnp.asarray(v) for k, v in training_arrays(val_ds, norm).items()}
+
+    key = jax.random.key(cfg.seed)
+    k_init, k_fit, k_val, k_quality = jax.random.split(key, 4)
+    init_state, update = make_update(cfg, dataset.obs_dim, norm["logit_offset"])
+    state = init_state(init_params(cfg, dataset.obs_dim, dataset.act_dim, k_init))
+
+    loss = make_loss(cfg, dataset.obs_dim, norm["logit_offset"])
+    val_loss = jax.jit(lambda p: loss(p, _subsample(val, 4096), k_val)[1])
+
+    def eval_fn(state):
+        return {f"val_{k}": float(v) for k, v in val_loss(state["params"]).items()}
+
+    meta = {
+        "kind": "world_model",
+        "model": cfg.model,
+        "env_id": dataset.env_id,
+        "dataset": dataset.name,
+        "obs_dim": dataset.obs_dim,
+        "act_dim": dataset.act_dim,
+        "config": _plain_config(cfg),
+        "norm": {k: np.asarray(v).tolist() for k, v in norm.items()},
+        "train_transitions": len(train_ds),
+        "val_transitions": len(val_ds),
+        "train_terminals": int(train_ds.terminals.sum()),
+    }
+    state, _ = fit(
+        name=f"world model ({cfg.model})",
+        update=update,
+        state=state,
+        data=data,
+        key=k_fit,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        out_dir=cfg.out,
+        meta=meta,
+        chunk=cfg.chunk,
+        eval_fn=eval_fn,
+        eval_every=cfg.eval_every or cfg.steps,
+        checkpoint_every=cfg.checkpoint_every,
+        log_backends=tuple(cfg.log),
+        resume=cfg.resume,
+        progress=cfg.progress,
+        console=console,
+    )
+    wm = make_world_model(
+        state["params"],
+        cfg,
+        norm,
+        obs_dim=dataset.obs_dim,
+        act_dim=dataset.act_dim,
+        env_id=dataset.env_id,
+        meta=meta,
+    )
+    quality = world_model_quality(
+        wm,
+        val_ds,
+        k_quality,
+        horizons=cfg.quality_horizons,
+        max_transitions=cfg.quality_transitions,
+        num_windows=cfg.quality_windows,
+    )
+    quality["split"] = "validation" if cfg.val_fraction > 0 else "train (val_fraction=0)"
+    (Path(cfg.out) / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
+    print_quality({cfg.model: quality}, console, title=f"world model quality ({dataset.name})")
+    return Path(cfg.out)
+
+
+def _subsample(data: Batch, n: int) -> Batch:
+    # Deterministic evenly spaced rows: validation losses comparable over time.
+    size = next(iter(data.values())).shape[0]
+    idx = np.linspace(0, size - 1, min(n, size)).astype(np.int32)
+    return {k: v[idx] for k, v in data.items()}
+
+
+def _validate_config(cfg: TrainWorldModelConfig) -> None:
+    problems = []
+    if cfg.steps < 1:
+        problems.append(f"steps must be >= 1 (got {cfg.steps})")
+    if cfg.denoise_steps < 1:
+        problems.append(f"denoise_steps must be >= 1 (got {cfg.denoise_steps})")
+    if cfg.flow_steps < 1:
+        problems.append(f"flow_steps must be >= 1 (got {cfg.flow_steps})")
+    if cfg.reward_ensemble < 1:
+        problems.append(f"reward_ensemble must be >= 1 (got {cfg.reward_ensemble})")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        problems.append(f"val_fraction must be in [0, 1) (got {cfg.val_fraction})")
+    if cfg.batch_size < 1 or cfg.lr <= 0:
+        problems.append("batch_size and lr must be positive")
+    if problems:
+        raise ValueError("bad world-model config: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_world_model(run_dir_or_ckpt: str | Path, env_id: str | None = None) -> WorldModel:
+    """Load a trained world model from its run folder (or ``checkpoint.ckpt`` path).
+
+    ``env_id``: if given, the model must have been trained for it
+    (:class:`~mpcdwm.checkpoint.CheckpointError` otherwise). Missing, corrupt
+    or foreign checkpoints raise ``CheckpointError`` with the fix.
+    """
+    path = Path(run_dir_or_ckpt)
+    if path.is_dir():
+        path = path / "checkpoint.ckpt"
+    _, meta = load_checkpoint(path, expect={"kind": "world_model"})
+    if env_id is not None and meta.get("env_id") != env_id:
+        raise CheckpointError(
+            f"{path} is a world model for {meta.get('env_id')!r}, but {env_id!r} is needed. "
+            f"Train one on a {env_id} dataset (`mpcdwm train-world-model --dataset ...`)."
+        )
+    cfg = _config_from_plain(meta["config"])
+    obs_dim, act_dim = int(meta["obs_dim"]), int(meta["act_dim"])
+    norm = meta["norm"]
+    init_state, _ = make_update(cfg, obs_dim, float(norm["logit_offset"]))
+    params = init_params(cfg, obs_dim, act_dim, jax.random.key(0))
+    template = {"train": init_state(params), "key": jax.random.key(0), "step": np.int64(0)}
+    saved, meta = load_checkpoint(path, template)
+    if not meta.get("done", False):
+        warnings.warn(
+            f"{path} is from an unfinished run (step {meta.get('step')} of {cfg.steps}); "
+            "resume `mpcdwm train-world-model` with the same --out to finish it.",
+            stacklevel=2,
+        )
+    params = jax.tree_util.tree_map(jnp.asarray, saved["train"]["params"])
+    return make_world_model(
+        params, cfg, norm, obs_dim=obs_dim, act_dim=act_dim, env_id=meta["env_id"], meta=meta
+    )
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def world_model_quality(
+    wm: WorldModel,
+    dataset: Dataset,
+    key: jax.Array,
+    *,
+    horizons: Sequence[int] = (1, 5, 10),
+    max_transitions: int = 10_000,
+    num_windows: int = 256,
+) -> dict[str, Any]:
+    """Held-out quality of ``wm`` on ``dataset`` (use the validation split).
+
+    * ``one_step_mse`` / ``one_step_mse_per_dim``: MSE of one sampled ``s'`` in
+      units of the observation std, and ``no_change_mse`` for predicting
+      ``s' = s`` (``one_step_ratio`` = model / no-change; lower is better).
+    * ``open_loop_mse[H]``: the same error after ``H`` steps of rolling the model
+      along held-out trajectories with their recorded actions (no-change baseline
+      beside it); windows stay inside one episode.
+    * ``reward_mse``, ``reward_mae`` (raw units), ``reward_nmse`` (/ reward var).
+    * ``termination_accuracy``, ``termination_balanced_accuracy`` (P > 0.5 vs the
+      recorded terminals), ``terminals``.
+    """
+    if dataset.obs_dim != wm.obs_dim or dataset.act_dim != wm.act_dim:
+        raise ValueError(
+            f"dataset {dataset.name!r} has obs/act sizes ({dataset.obs_dim}, {dataset.act_dim}) "
+            f"but the world model ({wm.env_id}) expects ({wm.obs_dim}, {wm.act_dim}). "
+            "Evaluate on data from the environment the model was trained on."
+        )
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    k_one, k_roll = jax.random.split(key)
+    n = len(dataset)
+    idx = np.sort(rng.choice(n, min(n, max_transitions), replace=False))
+    s, a = dataset.observations[idx], dataset.actions[idx]
+    s1, r, done = dataset.next_observations[idx], dataset.rewards[idx], dataset.terminals[idx]
+    std = np.asarray(wm.consts["obs_std"], np.float32)
+
+    pred_s1, pred_r, p_done = _one_step(wm, wm.params, s, a, s1, wm.sample_noise(k_one, (len(s),)))
+    pred_s1, pred_r, p_done = map(np.asarray, (pred_s1, pred_r, p_done))
+    per_dim = (((pred_s1 - s1) / std) ** 2).mean(0)
+    no_change = (((s - s1) / std) ** 2).mean(0)
+    out: dict[str, Any] = {
+        "model": wm.kind,
+        "transitions": int(len(idx)),
+        "one_step_mse": float(per_dim.mean()),
+        "one_step_mse_per_dim": per_dim.tolist(),
+        "no_change_mse": float(no_change.mean()),
+        "one_step_ratio": float(per_dim.mean() / max(no_change.mean(), 1e-12)),
+        "reward_mse": float(((pred_r - r) ** 2).mean()),
+        "reward_mae": float(np.abs(pred_r - r).mean()),
+        "reward_nmse": float(((pred_r - r) ** 2).mean() / max(r.var(), 1e-12)),
+    }
+    pred_done = p_done > 0.5
+    out["terminals"] = int(done.sum())
+    out["termination_accuracy"] = float((pred_done == done).mean())
+    if done.any() and (~done).any():
+        tpr, tnr = pred_done[done].mean(), (~pred_done[~done]).mean()
+        out["termination_balanced_accuracy"] = float(0.5 * (tpr + tnr))
+    else:
+        out["termination_balanced_accuracy"] = None
+
+    out["open_loop_mse"], out["open_loop_no_change_mse"], out["open_loop_windows"] = {}, {}, 0
+    horizons = sorted({int(h) for h in horizons})
+    if horizons:
+        starts = _window_starts(dataset, max(horizons))
+        if len(starts):
+            starts = np.sort(rng.choice(starts, min(len(starts), num_windows), replace=False))
+            hmax = max(horizons)
+            steps = starts[:, None] + np.arange(hmax)  # (W, H)
+            actions = dataset.actions[steps]
+            truth = dataset.next_observations[steps]  # (W, H, obs_dim)
+            noise = wm.sample_noise(k_roll, (hmax, len(starts)))
+            preds = np.asarray(
+                _open_loop(wm, wm.params, dataset.observations[starts], actions, noise)
+            )
+            s0 = dataset.observations[starts]
+            for h in horizons:
+                err = (((preds[:, h - 1] - truth[:, h - 1]) / std) ** 2).mean()
+                base = (((s0 - truth[:, h - 1]) / std) ** 2).mean()
+                out["open_loop_mse"][str(h)] = _finite(err)
+                out["open_loop_no_change_mse"][str(h)] = _finite(base)
+            out["open_loop_windows"] = int(len(starts))
+    return out
+
+
+def _finite(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None  # diverged rollouts: null in JSON
+
+
+def _window_starts(dataset: Dataset, horizon: int) -> np.ndarray:
+    """Rows ``t`` such that rows ``t .. t+horizon-1`` are consecutive steps of one episode."""
+    ends = dataset.episode_ends
+    episode = np.r_[0, np.cumsum(ends)[:-1]]
+    last = len(dataset) - horizon
+    if last < 0:
+        return np.zeros(0, np.int64)
+    t = np.arange(last + 1)
+    return t[episode[t] == episode[t + horizon - 1]]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _one_step(wm: WorldModel, params, s, a, s1, noise):
+    step = jax.vmap(
+        lambda s, a, s1, z: (
+            wm.next_state(params, s, a, z),
+            wm.reward(params, s, a),
+            wm.done_prob(params, s, a, s1),
+        )
+    )
+    return step(s, a, s1, noise)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _open_loop(wm: WorldModel, params, s0, actions, noise):
+    """Roll ``(W, obs)`` states along ``(W, H, act)`` actions; returns ``(W, H, obs)``."""
+    step_all = jax.vmap(lambda s, a, z: wm.next_state(params, s, a, z))
+
+    def step(s, inp):
+        a, z = inp
+        s = step_all(s, a, z)
+        return s, s
+
+    _, states = jax.lax.scan(step, s0, (jnp.swapaxes(actions, 0, 1), noise))
+    return jnp.swapaxes(states, 0, 1)
+
+
+def print_quality(
+    results: dict[str, dict[str, Any]], console: Console | None = None, title: str = "quality"
+) -> Table:
+    """A rich table of quality reports, one column per model."""
+    console = console or Console(stderr=True)
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    rows = [
+        ("one-step MSE (obs std units)", lambda q: q["one_step_mse"]),
+        ("  no-change MSE", lambda q: q["no_change_mse"]),
+        ("  ratio model / no-change", lambda q: q["one_step_ratio"]),
+    ]
+    first = next(iter(results.values()))
+    for h in first.get("open_loop_mse", {}):
+        rows.append((f"open-loop MSE, H={h}", lambda q, h=h: q["open_loop_mse"].get(h)))
+        rows.append((f"  no-change, H={h}", lambda q, h=h: q["open_loop_no_change_mse"].get(h)))
+    rows += [
+        ("reward MSE (raw)", lambda q: q["reward_mse"]),
+        ("reward NMSE", lambda q: q["reward_nmse"]),
+        ("termination accuracy", lambda q: q["termination_accuracy"]),
+        ("termination balanced acc.", lambda q: q["termination_balanced_accuracy"]),
+    ]
+    for label, get in rows:
+        cells = []
+        for q in results.values():
+            v = get(q)
+            cells.append("-" if v is None else f"{v:.4g}")
+        table.add_row(label, *cells)
+    console.print(table)
+    return table
+
+
+def quality_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """The same comparison as a Markdown table (for BENCHMARKS.md)."""
+    names = list(results)
+    first = results[names[0]]
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+
+    def row(label: str, values: list[Any]) -> None:
+        cells = ["-" if v is None else f"{v:.4g}" for v in values]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    qs = [results[n] for n in names]
+    row("one-step MSE (obs std units)", [q["one_step_mse"] for q in qs])
+    row("no-change MSE", [q["no_change_mse"] for q in qs])
+    row("ratio model / no-change", [q["one_step_ratio"] for q in qs])
+    for h in first.get("open_loop_mse", {}):
+        row(f"open-loop MSE H={h}", [q["open_loop_mse"].get(h) for q in qs])
+        row(f"no-change H={h}", [q["open_loop_no_change_mse"].get(h) for q in qs])
+    row("reward MSE (raw)", [q["reward_mse"] for q in qs])
+    row("reward NMSE", [q["reward_nmse"] for q in qs])
+    row("termination accuracy", [q["termination_accuracy"] for q in qs])
+    row("termination balanced acc.", [q["termination_balanced_accuracy"] for q in qs])
+    return "\n".join(lines)
