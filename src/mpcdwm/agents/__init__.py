@@ -349,9 +349,9 @@ def train_agent(cfg: TrainAgentConfig) -> Path:
         raise ValueError("train-agent needs --dataset (a Minari id/folder or a D4RL .hdf5 file).")
     if cfg.steps < 1:
         raise ValueError(f"--steps must be positive, got {cfg.steps}.")
+    module = agent_module(cfg.agent)
     dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)
     config = agent_config(cfg, dataset.name)
-    module = agent_module(cfg.agent)
     env = make_env(dataset.env_id)
     try:
         low, high = env.action_space.low, env.action_space.high
