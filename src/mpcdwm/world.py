@@ -167,6 +167,12 @@ def _transition_in_dim(cfg: TrainWorldModelConfig, obs_dim: int, act_dim: int) -
 
 def init_params(cfg: TrainWorldModelConfig, obs_dim: int, act_dim: int, key: jax.Array) -> Params:
     """Fresh parameters ``{"transition", "reward", "termination"}`` for ``cfg``."""
+    return _init_params(cfg, obs_dim, act_dim, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_params(cfg: TrainWorldModelConfig, obs_dim: int, act_dim: int, key: jax.Array):
+    # One compiled program: much faster than Flax's op-by-op eager init.
     nets = _networks(cfg, obs_dim)
     k1, k2, k3 = jax.random.split(key, 3)
     return {
