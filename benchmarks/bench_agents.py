@@ -1,0 +1,212 @@
+"""Offline-agent training speed: fused updates per second (ReBRAC, and optionally IQL/TD3+BC).
+
+Measures ``mpcdwm.train.make_chunk`` over the agent's ``update``: ``--chunk``
+sampled updates fused into one jitted ``lax.scan``, exactly what ``train-agent``
+runs. Data: Hopper-sized arrays (obs 11, act 3, 100k rows; speed does not depend
+on the values). ReBRAC uses its Hopper preset: 3x256 actor and twin critics with
+LayerNorm, policy_freq 2.
+
+``--corl PATH`` also times CORL's JAX ReBRAC (``algorithms/offline/rebrac.py`` of a
+CORL checkout, e.g. ``git clone https://github.com/corl-team/CORL``) on the same
+machine, batch and network sizes. Its own ``update_td3``/``update_td3_no_targets``
+run inside ``lax.fori_loop`` with ``lax.cond`` every ``policy_freq``, as its training
+loop does. Its imports of d4rl/gym/pyrallis/wandb (unused by the update) are
+stubbed here, and ``jax.tree_map`` (removed from recent JAX) is aliased to
+``jax.tree_util.tree_map``; it needs ``chex`` importable (``PYTHONPATH`` is enough).
+
+    python benchmarks/bench_agents.py --batch-sizes 256 1024
+    PYTHONPATH=/path/with/chex python benchmarks/bench_agents.py \
+        --corl CORL/algorithms/offline/rebrac.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import statistics
+import sys
+import time
+import types
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from mpcdwm.agents import iql, rebrac
+from mpcdwm.train import make_chunk
+
+OBS_DIM, ACT_DIM, ROWS = 11, 3, 100_000
+
+
+def hopper_sized_data(key: jax.Array) -> dict[str, jax.Array]:
+    """Random arrays with Hopper's sizes, keyed as ``update`` expects."""
+    k = jax.random.split(key, 5)
+    return {
+        "observations": jax.random.normal(k[0], (ROWS, OBS_DIM)),
+        "actions": jnp.tanh(jax.random.normal(k[1], (ROWS, ACT_DIM))),
+        "rewards": jax.random.normal(k[2], (ROWS,)),
+        "next_observations": jax.random.normal(k[3], (ROWS, OBS_DIM)),
+        "next_actions": jnp.tanh(jax.random.normal(k[4], (ROWS, ACT_DIM))),
+        "dones": jnp.zeros((ROWS,)),
+    }
+
+
+def time_chunks(run, state, data, chunk: int, repeats: int) -> tuple[float, float, list[float]]:
+    """(compile+first chunk seconds, median updates/s, all rates) of ``run`` over ``repeats``."""
+    t0 = time.perf_counter()
+    state, _ = run(state, data, jax.random.key(0))
+    jax.block_until_ready(state)
+    first = time.perf_counter() - t0
+    rates = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        state, metrics = run(state, data, jax.random.key(i + 1))
+        jax.block_until_ready((state, metrics))
+        rates.append(chunk / (time.perf_counter() - t0))
+    return first, statistics.median(rates), rates
+
+
+def bench_ours(agent: str, batch_size: int, chunk: int, repeats: int, data) -> dict:
+    if agent == "rebrac":
+        module, config = rebrac, rebrac.rebrac_preset("hopper-medium-v2", batch_size=batch_size)
+    elif agent == "td3bc":
+        module, config = rebrac, rebrac.td3bc_config(batch_size=batch_size)
+    else:
+        module, config = iql, iql.IQLConfig(batch_size=batch_size)
+    state = module.init(config, jax.random.key(0), OBS_DIM, ACT_DIM)
+    run = make_chunk(module.make_update(config), batch_size, chunk)
+    first, rate, rates = time_chunks(run, state, data, chunk, repeats)
+    nets = "x".join(str(h) for h in config.hidden_dims)
+    return {"impl": f"mpcdwm {agent}", "batch": batch_size, "nets": nets, "first_s": first,
+            "rate": rate, "rates": rates}  # fmt: skip
+
+
+def _load_corl(path: str) -> types.ModuleType:
+    """Import CORL's rebrac.py with its training-only dependencies stubbed."""
+    for name in ("d4rl", "gym", "wandb"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    if not hasattr(sys.modules["gym"], "Env"):
+        sys.modules["gym"].Env = object  # only used in type hints there
+    if importlib.util.find_spec("tqdm") is None:
+        stub = types.ModuleType("tqdm")
+        stub.auto = types.ModuleType("tqdm.auto")
+        stub.auto.trange = range
+        sys.modules.update({"tqdm": stub, "tqdm.auto": stub.auto})
+    if "pyrallis" not in sys.modules:
+        stub = types.ModuleType("pyrallis")
+        stub.wrap = lambda *a, **k: lambda f: f
+        sys.modules["pyrallis"] = stub
+    if not hasattr(jax, "tree_map"):
+        jax.tree_map = jax.tree_util.tree_map
+    spec = importlib.util.spec_from_file_location("corl_rebrac", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_corl(path: str, batch_size: int, chunk: int, repeats: int, data) -> dict:
+    """CORL's ReBRAC update functions, driven like its training loop (fori_loop + cond)."""
+    m = _load_corl(path)
+    import optax
+
+    cfg = m.Config(dataset_name="hopper-medium-v2", batch_size=batch_size)
+    buffer = m.ReplayBuffer(
+        data={
+            "states": data["observations"],
+            "actions": data["actions"],
+            "rewards": data["rewards"],
+            "next_states": data["next_observations"],
+            "next_actions": data["next_actions"],
+            "dones": data["dones"],
+        }
+    )
+    key_a, key_c = jax.random.split(jax.random.PRNGKey(0))
+    obs0, act0 = data["observations"][:1], data["actions"][:1]
+    actor_net = m.DetActor(ACT_DIM, cfg.hidden_dim, cfg.actor_ln, cfg.actor_n_hiddens)
+    critic_net = m.EnsembleCritic(cfg.hidden_dim, 2, cfg.critic_ln, cfg.critic_n_hiddens)
+    actor = m.ActorTrainState.create(
+        apply_fn=actor_net.apply,
+        params=actor_net.init(key_a, obs0),
+        target_params=actor_net.init(key_a, obs0),
+        tx=optax.adam(cfg.actor_learning_rate),
+    )
+    critic = m.CriticTrainState.create(
+        apply_fn=critic_net.apply,
+        params=critic_net.init(key_c, obs0, act0),
+        target_params=critic_net.init(key_c, obs0, act0),
+        tx=optax.adam(cfg.critic_learning_rate),
+    )
+    hyper = dict(
+        gamma=cfg.gamma,
+        actor_bc_coef=cfg.actor_bc_coef,
+        critic_bc_coef=cfg.critic_bc_coef,
+        tau=cfg.tau,
+        policy_noise=cfg.policy_noise,
+        noise_clip=cfg.noise_clip,
+    )
+    full = partial(m.update_td3, normalize_q=cfg.normalize_q, **hyper)
+    critic_only = partial(m.update_td3_no_targets, **hyper)
+    names = ["critic_loss", "q_min", "actor_loss", "batch_entropy", "bc_mse_policy",
+             "bc_mse_random", "action_mse"]  # fmt: skip
+
+    def body(i, carry):
+        key, batch_key = jax.random.split(carry["key"])
+        batch = carry["buffer"].sample_batch(batch_key, batch_size=batch_size)
+        args = dict(key=key, actor=carry["actor"], critic=carry["critic"], batch=batch,
+                    metrics=carry["metrics"])  # fmt: skip
+        key, actor, critic, metrics = jax.lax.cond(
+            i % cfg.policy_freq == 0, partial(full, **args), partial(critic_only, **args)
+        )
+        return {**carry, "key": key, "actor": actor, "critic": critic, "metrics": metrics}
+
+    def run(carry, _data, _key):
+        # CORL calls lax.fori_loop once per epoch; jit here only to time it the same way.
+        carry = {**carry, "metrics": m.Metrics.create(names)}
+        return jax.lax.fori_loop(0, chunk, body, carry), {}
+
+    carry = {"key": jax.random.PRNGKey(1), "actor": actor, "critic": critic, "buffer": buffer}
+    first, rate, rates = time_chunks(jax.jit(run), carry, None, chunk, repeats)
+    return {"impl": "CORL rebrac (JAX)", "batch": batch_size, "nets": "256x256x256",
+            "first_s": first, "rate": rate, "rates": rates}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument(
+        "--agents", nargs="+", default=["rebrac"], choices=["rebrac", "td3bc", "iql"]
+    )
+    parser.add_argument("--chunk", type=int, default=1000, help="updates fused per jitted call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed chunks after the first")
+    parser.add_argument("--corl", default=None, help="path to CORL's algorithms/offline/rebrac.py")
+    args = parser.parse_args()
+
+    data = hopper_sized_data(jax.random.key(42))
+    rows = []
+    for bs in args.batch_sizes:
+        for agent in args.agents:
+            rows.append(bench_ours(agent, bs, args.chunk, args.repeats, data))
+            print(f"  {rows[-1]['impl']} batch {bs}: {rows[-1]['rate']:.0f} upd/s", file=sys.stderr)
+        if args.corl:
+            rows.append(bench_corl(args.corl, bs, args.chunk, args.repeats, data))
+            print(f"  CORL batch {bs}: {rows[-1]['rate']:.0f} upd/s", file=sys.stderr)
+
+    device = jax.devices()[0]
+    print(f"Machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
+          f"{device.device_kind} ({device.platform}), jax {jax.__version__}")  # fmt: skip
+    print("Command: python " + " ".join(sys.argv))
+    print()
+    print(
+        "| implementation | batch | hidden | updates/s (median) | all chunks "
+        "| compile + first chunk (s) |"
+    )
+    print("|---|---:|---|---:|---|---:|")
+    for r in rows:
+        spread = ", ".join(f"{x:.0f}" for x in r["rates"])
+        print(f"| {r['impl']} | {r['batch']} | {r['nets']} | {r['rate']:.0f} | {spread} | "
+              f"{r['first_s']:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
