@@ -107,7 +107,8 @@ def test_published_presets():
     assert (cfg.batch_size, cfg.gamma, cfg.actor_lr, cfg.critic_layer_norm) == (1024, 0.99, 1e-3, 1)
     # Minari and mpcdwm names map to the same table entries.
     assert rebrac.rebrac_preset("mujoco/walker2d/medium-v0").actor_bc_coef == 0.05
-    assert rebrac.rebrac_preset("mpcdwm/Hopper-v5/medium-expert-v0").actor_bc_coef == 0.1
+    assert rebrac.rebrac_preset("mpcdwm/hopper-medium-expert-v0").actor_bc_coef == 0.1
+    assert rebrac.dataset_key("mpcdwm/hopper-medium-replay-v0") == "hopper-medium-replay"
     maze = rebrac.rebrac_preset("D4RL/antmaze/large-diverse-v1")
     assert (maze.gamma, maze.batch_size, maze.critic_lr, maze.reward_scale) == (
         0.999,

@@ -236,11 +236,11 @@ def test_trained_diffusion_beats_no_change_on_held_out_hopper(trained):
     cfg, run_dir = trained
     q = json.loads((run_dir / "quality.json").read_text())
     assert q["split"] == "validation" and q["transitions"] > 100
-    # One-step error under half of "s' = s" (a random Hopper moves a lot per step) ...
-    assert q["one_step_mse"] < 0.5 * q["no_change_mse"], q
+    # One-step error under 0.3 x that of "s' = s" (a random Hopper moves a lot per step) ...
+    assert q["one_step_mse"] < 0.3 * q["no_change_mse"], q
     # ... and still well below it after 10 open-loop steps with recorded actions.
     assert q["open_loop_windows"] > 10
-    assert q["open_loop_mse"]["10"] < 0.5 * q["open_loop_no_change_mse"]["10"], q
+    assert q["open_loop_mse"]["10"] < 0.3 * q["open_loop_no_change_mse"]["10"], q
     # Reward explains most of its variance; falls are detected on balance.
     assert q["reward_nmse"] < 0.5, q
     assert q["terminals"] > 0 and q["termination_balanced_accuracy"] > 0.7, q

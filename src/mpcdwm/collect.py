@@ -600,27 +600,27 @@ def train_online(
                             "try another --seed or a smaller learning rate."
                         )
             t_upd = time.perf_counter() - t1
+            rate = f"{cfg.chunk / max(t_env, 1e-9):.0f} env/s"
+            if run.env_steps > cfg.start_steps:
+                rate += f" {cfg.chunk / max(t_upd, 1e-9):.0f} upd/s"
             crossed = (
                 run.env_steps // cfg.eval_every > (run.env_steps - cfg.chunk) // cfg.eval_every
             )
             if crossed or run.env_steps >= total:
                 run.evals.append({"env_steps": run.env_steps, "return": evaluate()})
-                run.snapshots.append(jax.tree_util.tree_map(np.asarray, run.state.actor))
+                # A copy: np.asarray could alias device memory that the donated update reuses.
+                run.snapshots.append(jax.tree_util.tree_map(np.array, run.state.actor))
                 if cfg.progress:
                     # One line per evaluation: a readable log when stderr is not a terminal.
                     console.print(
                         f"[collect] env step {run.env_steps}: eval return "
                         f"{run.evals[-1]['return']:.1f}, last episode {last_return:.1f}, "
-                        f"{cfg.chunk / max(t_env, 1e-9):.0f} env steps/s, "
-                        f"{cfg.chunk / max(t_upd, 1e-9):.0f} updates/s"
+                        f"{rate.replace('/s', ' per s')}"
                     )
             done = run.env_steps >= total or reached()
             if since_ckpt >= cfg.checkpoint_every or done:
                 _save_run(ckpt_path, run, meta, done=run.env_steps >= total)
                 since_ckpt = 0
-            rate = f"{cfg.chunk / max(t_env, 1e-9):.0f} env/s"
-            if metrics and t_upd > 0:
-                rate += f" {cfg.chunk / t_upd:.0f} upd/s"
             info = f"episode return {last_return:.1f}"
             if run.evals:
                 info += f"  eval {run.evals[-1]['return']:.1f}"
@@ -743,7 +743,11 @@ def collect(cfg: CollectConfig) -> str:
     td3 = rebrac.td3_config(batch_size=cfg.batch_size)
     d4rl = ref_scores_for(cfg.env)
     root_key = jax.random.key(cfg.seed)
-    rollout_key = jax.random.fold_in(root_key, 100 + RECIPES.index(cfg.recipe))
+
+    def rollout_key(recipe: str) -> jax.Array:
+        # One key per recipe, so medium-expert is exactly the medium and expert datasets.
+        return jax.random.fold_in(root_key, 100 + RECIPES.index(recipe))
+
     meta: dict[str, Any] = {
         "mpcdwm_command": command_line(cfg),
         "mpcdwm_seed": int(cfg.seed),
@@ -773,7 +777,7 @@ def collect(cfg: CollectConfig) -> str:
 
     expert_return = cfg.ref_max_score
     if cfg.recipe == "random":
-        data = record(None, rollout_key, "random")
+        data = record(None, rollout_key("random"), "random")
         rand = random_return(
             cfg.env, episodes=10, seed=cfg.seed, max_episode_steps=cfg.max_episode_steps
         )
@@ -809,18 +813,17 @@ def collect(cfg: CollectConfig) -> str:
             mpcdwm_agent_env_steps=int(run.env_steps),
         )
         if cfg.recipe == "medium":
-            data = record(run.snapshots[idx], rollout_key, "medium rollouts")
+            data = record(run.snapshots[idx], rollout_key("medium"), "medium rollouts")
         elif cfg.recipe == "medium-replay":
             n = int(medium["env_steps"])
             data = {k: v[:n].copy() for k, v in run.buffer.items()}
             low, high = _action_bounds(cfg)
             data["actions"] = _to_env(data["actions"], low, high)
         elif cfg.recipe == "expert":
-            data = record(run.state.actor, rollout_key, "expert rollouts")
+            data = record(run.state.actor, rollout_key("expert"), "expert rollouts")
         else:
-            k1, k2 = jax.random.split(rollout_key)
-            med = record(run.snapshots[idx], k1, "medium rollouts")
-            exp = record(run.state.actor, k2, "expert rollouts")
+            med = record(run.snapshots[idx], rollout_key("medium"), "medium rollouts")
+            exp = record(run.state.actor, rollout_key("expert"), "expert rollouts")
             data = {k: np.concatenate([med[k], exp[k]]) for k in _FIELDS}
     meta["mpcdwm_random_return"] = float(rand)
     meta["mpcdwm_dataset_mean_return"] = float(np.mean(_episode_returns(data)))

@@ -45,6 +45,11 @@ D4RL_ENV_IDS: dict[str, str] = {
     "halfcheetah": "HalfCheetah-v5",
     "walker2d": "Walker2d-v5",
     "ant": "Ant-v5",
+    # D4RL AntMaze: fixed start and goal cells as Gymnasium-Robotics' "Diverse_GR"
+    # maps (UMaze's default map already has D4RL's layout). See mpcdwm.maze.
+    "antmaze-umaze": "AntMaze_UMaze-v5",
+    "antmaze-medium": "AntMaze_Medium_Diverse_GR-v5",
+    "antmaze-large": "AntMaze_Large_Diverse_GR-v5",
 }
 
 # Fixed order in which dict observations (goal-conditioned maze tasks) are
@@ -364,10 +369,12 @@ def load_dataset(
 
 
 def _try_make_env(env_id: str) -> Any:
-    import gymnasium as gym
+    # make_env, not gym.make: the env must be seen exactly as agents see it
+    # (flattened dict observations, AntMaze without contact forces).
+    from mpcdwm.envs import make_env
 
     try:
-        return gym.make(env_id)
+        return make_env(env_id)
     except Exception:  # unknown or uninstalled environment: nothing to check against
         return None
 
@@ -389,7 +396,15 @@ def _load_d4rl(path: Path, env_id: str | None, drop_invalid: bool) -> Dataset:
         raw = {k: f[k][()] for k in required}
         if "next_observations" in f:
             raw["next_observations"] = f["next_observations"][()]
+        # D4RL AntMaze keeps the goal beside the flat observation; appended it
+        # gives the DICT_OBS_ORDER layout (position, body state, goal) of make_env.
+        goal = f["infos/goal"][()] if "infos/goal" in f else None
         attrs = dict(f.attrs)
+    if goal is not None:
+        raw["observations"] = _append_goal(name, raw["observations"], goal)
+        if "next_observations" in raw:
+            # The goal does not change within a transition.
+            raw["next_observations"] = _append_goal(name, raw["next_observations"], goal)
     if env_id is None:
         env_id = str(attrs.get("env_id", "")) or _guess_env_id(name)
     n = len(raw["observations"])
@@ -429,6 +444,18 @@ def _load_d4rl(path: Path, env_id: str | None, drop_invalid: bool) -> Dataset:
         drop_invalid=drop_invalid,
         metadata={"source": "d4rl", "path": str(path)},
     )
+
+
+def _append_goal(name: str, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """``(N, d)`` observations and ``(N, 2)`` goals -> ``(N, d + 2)`` (goal last)."""
+    goal = np.asarray(goal)
+    if goal.ndim != 2 or len(goal) != len(obs):
+        raise DatasetError(
+            f"dataset {name!r}: 'infos/goal' has shape {goal.shape} but there are {len(obs)} "
+            "observations; it must hold one (x, y) goal per row. The file is damaged: "
+            "download it again."
+        )
+    return np.concatenate([np.asarray(obs), goal.astype(np.asarray(obs).dtype)], axis=1)
 
 
 def _guess_env_id(name: str) -> str:

@@ -3,7 +3,10 @@
 Observations reach agents, world models and planners as flat float32 vectors;
 goal-conditioned (dict) observations are flattened in
 :data:`mpcdwm.data.DICT_OBS_ORDER`. Maze environments come from the optional
-``maze`` extra (``gymnasium-robotics``).
+``maze`` extra (``gymnasium-robotics``) and get :data:`MAZE_DEFAULTS`: the episode
+ends when the goal is reached (reward 1 on that step, so a return is 1 for a
+success and 0 otherwise, as D4RL's AntMaze evaluation) and AntMaze-v5 leaves out
+contact forces (31 = D4RL's 29 + goal). See :mod:`mpcdwm.maze`.
 """
 
 from __future__ import annotations
@@ -28,12 +31,25 @@ class FlattenDictObservation(gym.ObservationWrapper):
         return flatten_observation(observation)
 
 
+MAZE_DEFAULTS: dict[str, Any] = {"continuing_task": False, "reset_target": False}
+"""Keyword arguments every PointMaze/AntMaze env gets unless the caller overrides them."""
+
+ANTMAZE_V5_DEFAULTS: dict[str, Any] = {"include_cfrc_ext_in_observation": False}
+"""AntMaze-v5 without the 84 contact-force columns, sized like D4RL's observations."""
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make(env_id)`` with dict observations flattened.
 
-    Raises a clear error for unknown ids and for maze ids without the extra.
+    Maze ids get :data:`MAZE_DEFAULTS` (and AntMaze-v5 :data:`ANTMAZE_V5_DEFAULTS`);
+    ``kwargs`` override them. Raises a clear error for unknown ids and for maze
+    ids without the extra.
     """
     if "Maze" in env_id:
+        defaults = dict(MAZE_DEFAULTS)
+        if env_id.startswith("AntMaze") and env_id.endswith("-v5"):
+            defaults.update(ANTMAZE_V5_DEFAULTS)
+        kwargs = {**defaults, **kwargs}
         try:
             import gymnasium_robotics
 
