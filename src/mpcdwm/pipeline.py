@@ -48,7 +48,11 @@ class RunConfig:
     world_model: Literal["diffusion", "flow", "mlp"] = "diffusion"
     world_model_steps: int = 50_000
     denoise_steps: int = 5
-    """Denoising steps of the diffusion model (flow steps for flow matching)."""
+    """Denoising steps of the diffusion model."""
+    flow_steps: int = 2
+    """Integration steps of the flow-matching model (1-4)."""
+    checkpoint_every: int = 10_000
+    """Checkpoint the agent and world model every this many updates (a killed run resumes)."""
     planners: tuple[Planner, ...] = ("none", "mpc")
     episodes: int = 10
     """Evaluation episodes per planner."""
@@ -83,12 +87,42 @@ def shipped_dataset() -> Path:
     return path
 
 
-def _stage_done(ckpt_dir: Path) -> bool:
+def _stage_done(ckpt_dir: Path, steps: int) -> bool:
+    """A training stage is done when its checkpoint is final and has the requested steps
+    (asking for more steps later continues from it)."""
     try:
         _, meta = load_checkpoint(ckpt_dir / "checkpoint.ckpt")
     except CheckpointError:
         return False
-    return bool(meta.get("done"))
+    return bool(meta.get("done")) and int(meta.get("step", 0)) >= steps
+
+
+# Config fields that decide what a trained stage *is*: changing one in an existing run
+# directory would silently mix models, so it is refused. Step budgets may grow.
+_STAGE_IDENTITY = {
+    "agent": ("dataset", "seed", "agent"),
+    "world_model": ("dataset", "seed", "world_model", "denoise_steps", "flow_steps"),
+}
+
+
+def _check_resumable(previous: dict[str, Any], effective: dict[str, Any], out: Path) -> None:
+    for stage, keys in _STAGE_IDENTITY.items():
+        if not (out / stage / "checkpoint.ckpt").exists():
+            continue
+        changed = [k for k in keys if k in previous and previous[k] != effective[k]]
+        if changed:
+            was = ", ".join(f"{k}={previous[k]!r}" for k in changed)
+            now = ", ".join(f"{k}={effective[k]!r}" for k in changed)
+            raise ValueError(
+                f"{out} already holds a {stage} trained with {was}; this run asks for {now}. "
+                f"Use a new --out, or delete {out / stage} to retrain it."
+            )
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _to_plain(obj: Any) -> Any:
@@ -113,21 +147,22 @@ def run(cfg: RunConfig) -> Path:
     effective = _to_plain(cfg)
     config_path = out / "config.yaml"
     if config_path.exists():
-        previous = yaml.safe_load(config_path.read_text())
-        if previous != effective:
-            changed = sorted(k for k in effective if previous.get(k) != effective[k])
+        previous = yaml.safe_load(config_path.read_text()) or {}
+        _check_resumable(previous, effective, out)
+        changed = sorted(k for k in effective if previous.get(k) != effective[k])
+        if changed:
             console.print(
-                f"[yellow]note:[/] {config_path} differs in {changed}; completed stages are kept, "
-                "later ones use the new config. Use a new --out to start clean."
+                f"[yellow]note:[/] {config_path} differs in {changed}; trained stages are kept "
+                "(more steps continue them), evaluation uses the new config."
             )
-    config_path.write_text(yaml.safe_dump(effective, sort_keys=False))
+    _write_text_atomic(config_path, yaml.safe_dump(effective, sort_keys=False))
 
     stages = 4
     t_start = time.perf_counter()
     agent_dir, wm_dir, eval_dir = out / "agent", out / "world_model", out / "eval"
 
     console.print(Rule(f"[1/{stages}] base agent: {cfg.agent}"))
-    if _stage_done(agent_dir):
+    if _stage_done(agent_dir, cfg.agent_steps):
         console.print(f"done already ({agent_dir}); skipped")
     else:
         train_agent(
@@ -137,12 +172,13 @@ def run(cfg: RunConfig) -> Path:
                 steps=cfg.agent_steps,
                 out=agent_dir,
                 seed=cfg.seed,
+                checkpoint_every=cfg.checkpoint_every,
                 progress=cfg.progress,
             )
         )
 
     console.print(Rule(f"[2/{stages}] world model: {cfg.world_model}"))
-    if _stage_done(wm_dir):
+    if _stage_done(wm_dir, cfg.world_model_steps):
         console.print(f"done already ({wm_dir}); skipped")
     else:
         train_world_model(
@@ -153,6 +189,8 @@ def run(cfg: RunConfig) -> Path:
                 out=wm_dir,
                 seed=cfg.seed,
                 denoise_steps=cfg.denoise_steps,
+                flow_steps=cfg.flow_steps,
+                checkpoint_every=cfg.checkpoint_every,
                 progress=cfg.progress,
             )
         )
