@@ -1,0 +1,580 @@
+"""Inference-time adaptation (MPCwDWM) and the comparison planners on the same models.
+
+This module owns the *decision*: from one real observation, think inside the
+world model, then return one action. Three planners share the rollout code:
+
+* ``mpc`` (the paper's method): ``adapt_steps`` (E) gradient steps on the policy
+  parameters ``psi``; each rolls out ``num_rollouts`` (M) imagined trajectories of
+  ``horizon`` (H) steps from the real state with ``a_h = act(psi, s_h)`` and
+  ``s_{h+1} = next_state(s_h, a_h, noise_h)`` (noise drawn once per decision and
+  held fixed, so the chain is a deterministic differentiable function of ``psi``),
+  and ascends the surrogate return::
+
+      J(psi) = mean_M [ sum_{h<H} gamma^h alive_h r(s_h, a_h)
+                        + gamma^H alive_H Q(s_H, act(psi, s_H)) ]
+
+  with ``alive_h = prod_{j<h} (1 - done_prob(s_j, a_j, s_{j+1}))``;
+* ``action-grad``: the same gradient ascent on an open-loop action sequence
+  ``(H, act_dim)`` initialised from the policy's imagined rollout;
+* ``mppi``: TD-MPC-style sampling (Gaussian + policy-guided candidates, elites,
+  softmax re-weighting, terminal critic).
+
+Each planner is ONE jitted function of the signature::
+
+    step(policy_params, pretrained_params, models, obs, key, carry)
+        -> (action, new_carry, diagnostics)
+
+``models = {"world": world.params, "critic": agent.critic_params}``; ``obs``
+``(obs_dim,)``; ``action (act_dim,)`` always finite and inside the action bounds;
+``diagnostics`` a dict of scalars (imagined return before/after, gradient norm,
+action change from the pretrained action, fallback 0/1).
+
+The agent and world model are used only through their contracts
+(:class:`mpcdwm.agents.TrainedAgent`, :class:`mpcdwm.world.WorldModel`): any
+object with the same pure functions works (tests use analytic stand-ins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params = Any
+PlannerName = Literal["none", "mpc", "action-grad", "mppi"]
+PLANNERS: tuple[str, ...] = ("none", "mpc", "action-grad", "mppi")
+
+
+@dataclasses.dataclass(frozen=True)
+class MPCConfig:
+    """Budget and options of the inference-time planners (``--mpc.*`` flags)."""
+
+    adapt_steps: int = 5
+    """E: gradient steps per real step (mpc, action-grad)."""
+    num_rollouts: int = 16
+    """M: imagined trajectories per gradient step (noise drawn once per decision)."""
+    horizon: int = 5
+    """H: imagined steps before the terminal critic."""
+    gamma: float | None = None
+    """Discount of the surrogate return (None = the agent's)."""
+    lr: float = 3e-4
+    """Learning rate of the policy-parameter optimiser (0 = act exactly as the base policy)."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Optimiser of the adaptation (its state is reset at every real step)."""
+    warm_start: bool = False
+    """Start each real step from the last step's adapted parameters instead of the pretrained."""
+    trust_region: float = 0.0
+    """Weight of the L2 penalty between adapted and pretrained actions (normalised units) at the
+    visited imagined states; 0 = off."""
+    uncertainty_penalty: float = 0.0
+    """Weight of the reward-ensemble disagreement subtracted from imagined rewards; 0 = off."""
+    adapt: Literal["all", "last_layer"] = "all"
+    """Which policy parameters adapt: all, or only the last Dense layer."""
+    max_grad_norm: float = 0.0
+    """Clip the adaptation gradient to this global norm; 0 = no clipping."""
+    action_lr: float = 0.03
+    """action-grad: Adam learning rate on the action sequence (normalised action units)."""
+    mppi_iterations: int = 6
+    """mppi: refinement iterations (TD-MPC: 6)."""
+    mppi_samples: int = 256
+    """mppi: Gaussian candidate sequences per iteration."""
+    mppi_policy_samples: int = 16
+    """mppi: policy-guided candidate sequences (rolled out once, kept in every iteration)."""
+    mppi_elites: int = 32
+    """mppi: elite candidates that set the new mean and std."""
+    mppi_temperature: float = 0.5
+    """mppi: softmax temperature on elite values (values are divided by their std first)."""
+    mppi_min_std: float = 0.05
+    """mppi: lower bound of the sampling std (normalised action units)."""
+    mppi_max_std: float = 2.0
+    """mppi: initial / upper bound of the sampling std (normalised action units)."""
+    unroll: bool = True
+    """Unroll the horizon scan so XLA fuses across imagined steps (faster on CPU, slower
+    compile)."""
+
+
+class AgentLike(Protocol):
+    """What the planners need from an agent (see :class:`mpcdwm.agents.TrainedAgent`)."""
+
+    actor_params: Params
+    critic_params: Params
+    gamma: float
+    action_low: np.ndarray
+    action_high: np.ndarray
+
+    def act(self, params: Params, obs: jax.Array) -> jax.Array: ...
+    def critic(self, params: Params, obs: jax.Array, action: jax.Array) -> jax.Array: ...
+
+
+class WorldLike(Protocol):
+    """What the planners need from a world model (see :class:`mpcdwm.world.WorldModel`)."""
+
+    params: Params
+    noise_shape: tuple[int, ...]
+
+    def next_state(self, params: Params, s: jax.Array, a: jax.Array, noise: jax.Array): ...
+    def reward(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array: ...
+    def reward_disagreement(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array: ...
+    def done_prob(self, params: Params, s: jax.Array, a: jax.Array, s_next: jax.Array): ...
+
+
+DIAGNOSTICS = (
+    "imagined_return_before",
+    "imagined_return_after",
+    "grad_norm",
+    "action_change",
+    "fallback",
+)
+
+
+def validate_config(cfg: MPCConfig) -> None:
+    """Raise a ValueError naming the bad field and its valid range."""
+    positive = ("adapt_steps", "num_rollouts", "horizon", "mppi_iterations", "mppi_samples")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            flag = name.replace("_", "-")
+            raise ValueError(f"--mpc.{flag} must be >= 1, got {getattr(cfg, name)}.")
+    for name in ("lr", "trust_region", "uncertainty_penalty", "max_grad_norm", "action_lr"):
+        value = getattr(cfg, name)
+        if not np.isfinite(value) or value < 0:
+            flag = name.replace("_", "-")
+            raise ValueError(f"--mpc.{flag} must be finite and >= 0, got {value}.")
+    if cfg.gamma is not None and not 0.0 <= cfg.gamma <= 1.0:
+        raise ValueError(f"--mpc.gamma must be in [0, 1] (None = the agent's), got {cfg.gamma}.")
+    if not 1 <= cfg.mppi_elites <= cfg.mppi_samples + cfg.mppi_policy_samples:
+        raise ValueError(
+            f"--mpc.mppi-elites must be between 1 and mppi_samples + mppi_policy_samples "
+            f"({cfg.mppi_samples + cfg.mppi_policy_samples}), got {cfg.mppi_elites}."
+        )
+    if cfg.mppi_policy_samples < 0 or not 0 < cfg.mppi_min_std <= cfg.mppi_max_std:
+        raise ValueError(
+            "--mpc.mppi-policy-samples must be >= 0 and 0 < mppi_min_std <= mppi_max_std."
+        )
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise ValueError(f"--mpc.optimizer must be adam or sgd, got {cfg.optimizer!r}.")
+    if cfg.adapt not in ("all", "last_layer"):
+        raise ValueError(f"--mpc.adapt must be all or last_layer, got {cfg.adapt!r}.")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def last_layer_mask(params: Params) -> list[bool]:
+    """Per-leaf flags (in ``tree_leaves`` order): True for leaves of the last ``Dense_k`` layer.
+
+    Works for any Flax MLP-style policy (ReBRAC's ``{"params": {"Dense_0": ...}}``,
+    IQL's ``{"net": ...}``); raises if the tree has no ``Dense_k`` modules.
+    """
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    layer = [max((int(k) for k in re.findall(r"Dense_(\d+)", p)), default=-1) for p in paths]
+    top = max(layer, default=-1)
+    if top < 0:
+        raise ValueError(
+            "--mpc.adapt last_layer needs a policy built from Flax Dense layers "
+            f"(found leaves {paths}); use --mpc.adapt all."
+        )
+    return [k == top for k in layer]
+
+
+def _action_bounds(agent: AgentLike) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    low = np.asarray(agent.action_low, np.float32).reshape(-1)
+    high = np.asarray(agent.action_high, np.float32).reshape(-1)
+    if low.shape != high.shape or not np.all(np.isfinite(low) & np.isfinite(high) & (low <= high)):
+        raise ValueError(f"the agent's action bounds are not finite intervals: {low}, {high}.")
+    return (
+        jnp.asarray(low),
+        jnp.asarray(high),
+        jnp.asarray((high + low) / 2),
+        jnp.asarray(np.maximum((high - low) / 2, 1e-6)),
+    )
+
+
+def safe_action(action: jax.Array, fallback: jax.Array, low: jax.Array, high: jax.Array):
+    """``action`` if finite, else ``fallback`` (else the bounds' midpoint); clipped to bounds."""
+    a = jnp.where(jnp.all(jnp.isfinite(action)), action, fallback)
+    a = jnp.where(jnp.isfinite(a), a, (low + high) / 2)
+    return jnp.clip(a, low, high)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _scan(f: Callable, init: Any, xs: Any, unroll: bool):
+    return jax.lax.scan(f, init, xs, unroll=True if unroll else 1)
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+    """``imagine(act_fn, models, s0, noise, seq=None) -> (returns (M,), aux)``.
+
+    ``act_fn(s) -> a`` is the closed-loop policy for states ``s (obs_dim,)``; it acts at
+    every imagined step, or only at the terminal critic's step when an open-loop
+    sequence ``seq (M, H, act_dim)`` (raw units) is given. ``noise (M, H, *noise_shape)``.
+    ``aux``: per-rollout ``states (M, H + 1, obs_dim)``, ``actions (M, H + 1, act_dim)``
+    and ``penalty (M,)`` (uncertainty-weighted disagreement sum). Rollouts are vmapped
+    over M so every network call is one batched matmul.
+    """
+    gamma = float(agent.gamma if cfg.gamma is None else cfg.gamma)
+    lam = float(cfg.uncertainty_penalty)
+
+    def one(act_fn: Callable, models: dict, s0: jax.Array, noise: jax.Array, seq):
+        wp = models["world"]
+
+        def step(carry, inp):
+            s, alive, disc, ret, pen = carry
+            noise_h, a_seq = inp
+            a = act_fn(s) if a_seq is None else a_seq
+            r = world.reward(wp, s, a)
+            if lam > 0:  # static: no disagreement network work when the penalty is off
+                pen = pen + disc * alive * world.reward_disagreement(wp, s, a)
+            s_next = world.next_state(wp, s, a, noise_h)
+            d = world.done_prob(wp, s, a, s_next)
+            ret = ret + disc * alive * r
+            return (s_next, alive * (1.0 - d), disc * gamma, ret, pen), (s, a)
+
+        zero = jnp.zeros((), s0.dtype)
+        init = (s0, jnp.ones((), s0.dtype), jnp.ones((), s0.dtype), zero, zero)
+        (s_h, alive, disc, ret, pen), (states, actions) = _scan(
+            step, init, (noise, seq), cfg.unroll
+        )
+        a_h = act_fn(s_h)
+        ret = ret + disc * alive * agent.critic(models["critic"], s_h, a_h)
+        states = jnp.concatenate([states, s_h[None]], 0)
+        actions = jnp.concatenate([actions, a_h[None]], 0)
+        return ret, {"states": states, "actions": actions, "penalty": lam * pen}
+
+    def imagine(act_fn: Callable, models: dict, s0: jax.Array, noise: jax.Array, seq=None):
+        axes = (None, None, None, 0, None if seq is None else 0)
+        return jax.vmap(one, in_axes=axes)(act_fn, models, s0, noise, seq)
+
+    return imagine
+
+
+# --------------------------------------------------------------------------- planners
+
+
+def make_mpc_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+    """The MPCwDWM decision as one jitted function (see the module docstring).
+
+    ``carry = {"params": adapted params}`` (the next step's start when warm-starting).
+    """
+    validate_config(cfg)
+    low, high, _, half = _action_bounds(agent)
+    imagine = make_imagine(cfg, agent, world)
+    tx = optax.adam(cfg.lr) if cfg.optimizer == "adam" else optax.sgd(cfg.lr)
+    if cfg.max_grad_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
+    H, M = cfg.horizon, cfg.num_rollouts
+    trainable = (
+        last_layer_mask(agent.actor_params)
+        if cfg.adapt == "last_layer"
+        else [True] * len(jax.tree_util.tree_leaves(agent.actor_params))
+    )
+
+    def split(psi):
+        leaves, treedef = jax.tree_util.tree_flatten(psi)
+        train = [x for x, t in zip(leaves, trainable, strict=True) if t]
+        frozen = [x for x, t in zip(leaves, trainable, strict=True) if not t]
+        return train, frozen, treedef
+
+    def merge(train, frozen, treedef):
+        it_t, it_f = iter(train), iter(frozen)
+        return treedef.unflatten([next(it_t) if t else next(it_f) for t in trainable])
+
+    def step(psi_start, psi0, models, obs, key, carry):
+        del carry  # the start point arrives as psi_start (the wrapper chooses it)
+        noise = jax.random.normal(key, (M, H, *world.noise_shape), obs.dtype)
+        train0, frozen, treedef = split(psi_start)
+
+        def objective(train):
+            psi = merge(train, frozen, treedef)
+            returns, aux = imagine(lambda s: agent.act(psi, s), models, obs, noise)
+            value = returns.mean() - aux["penalty"].mean()
+            if cfg.trust_region > 0:
+                # Pretrained actions at the states the adapted policy visits (no gradient
+                # through psi0: it is a fixed anchor).
+                a0 = jax.lax.stop_gradient(agent.act(psi0, aux["states"]))
+                dev = jnp.square((aux["actions"] - a0) / half).sum(-1).mean()
+                value = value - cfg.trust_region * dev
+            return -value, returns.mean()
+
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+        def adapt_step(state, _):
+            train, opt_state = state
+            (_, ret), grads = grad_fn(train)
+            updates, opt_state = tx.update(grads, opt_state, train)
+            return (optax.apply_updates(train, updates), opt_state), (ret, optax.tree.norm(grads))
+
+        (train, _), (rets, norms) = jax.lax.scan(
+            adapt_step, (train0, tx.init(train0)), None, length=cfg.adapt_steps
+        )
+        psi = merge(train, frozen, treedef)
+        ret_after = imagine(lambda s: agent.act(psi, s), models, obs, noise)[0].mean()
+        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        a = agent.act(psi, obs)
+        ok = _all_finite(train) & jnp.all(jnp.isfinite(rets)) & jnp.isfinite(ret_after)
+        ok = ok & jnp.all(jnp.isfinite(a))
+        action = safe_action(jnp.where(ok, a, a0), a0, low, high)
+        # A failed adaptation must not poison the next warm start.
+        new_psi = jax.tree_util.tree_map(lambda x, y: jnp.where(ok, x, y), psi, psi0)
+        diag = {
+            "imagined_return_before": rets[0],
+            "imagined_return_after": ret_after,
+            "grad_norm": norms.mean(),
+            "action_change": jnp.linalg.norm(action - a0),
+            "fallback": 1.0 - ok.astype(jnp.float32),
+        }
+        return action, {"params": new_psi}, diag
+
+    return jax.jit(step)
+
+
+def make_none_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike | None = None) -> Callable:
+    """The base policy with the planners' signature (no thinking; same diagnostics keys)."""
+    del world
+    validate_config(cfg)
+    low, high, _, _ = _action_bounds(agent)
+
+    def step(psi_start, psi0, models, obs, key, carry):
+        del psi_start, models, key
+        a0 = agent.act(psi0, obs)
+        ok = jnp.all(jnp.isfinite(a0))
+        action = safe_action(a0, (low + high) / 2, low, high)
+        zero = jnp.zeros((), jnp.float32)
+        diag = dict.fromkeys(DIAGNOSTICS, zero) | {"fallback": 1.0 - ok.astype(jnp.float32)}
+        return action, carry, diag
+
+    return jax.jit(step)
+
+
+def make_action_grad_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+    """Gradient ascent on one open-loop action sequence ``(H, act_dim)`` (same E, M, H).
+
+    The sequence starts from the pretrained policy's imagined rollout (mean over the M
+    rollouts), lives in normalised action units (clipped to [-1, 1] when applied) and is
+    scored on the same M fixed-noise rollouts and terminal critic as ``mpc``; Adam with
+    ``action_lr``. The policy only acts at the terminal step. ``carry`` passes through.
+    """
+    validate_config(cfg)
+    low, high, mid, half = _action_bounds(agent)
+    imagine = make_imagine(cfg, agent, world)
+    tx = optax.adam(cfg.action_lr)
+    H, M = cfg.horizon, cfg.num_rollouts
+
+    def step(psi_start, psi0, models, obs, key, carry):
+        del psi_start
+        noise = jax.random.normal(key, (M, H, *world.noise_shape), obs.dtype)
+        pi0 = lambda s: agent.act(psi0, s)  # noqa: E731
+        ret0, aux0 = imagine(pi0, models, obs, noise)
+        u0 = ((aux0["actions"][:, :H] - mid) / half).mean(0)  # (H, act_dim)
+
+        def objective(u):
+            seq = mid + half * jnp.clip(u, -1.0, 1.0)
+            returns, aux = imagine(pi0, models, obs, noise, jnp.broadcast_to(seq, (M, *seq.shape)))
+            return -(returns.mean() - aux["penalty"].mean()), returns.mean()
+
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+        def adapt_step(state, _):
+            u, opt_state = state
+            (_, ret), grads = grad_fn(u)
+            updates, opt_state = tx.update(grads, opt_state, u)
+            return (optax.apply_updates(u, updates), opt_state), (ret, optax.tree.norm(grads))
+
+        (u, _), (rets, norms) = jax.lax.scan(
+            adapt_step, (u0, tx.init(u0)), None, length=cfg.adapt_steps
+        )
+        seq = mid + half * jnp.clip(u, -1.0, 1.0)
+        ret_after = imagine(pi0, models, obs, noise, jnp.broadcast_to(seq, (M, *seq.shape)))[0]
+        ret_after = ret_after.mean()
+        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        ok = jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(rets)) & jnp.isfinite(ret_after)
+        action = safe_action(jnp.where(ok, seq[0], a0), a0, low, high)
+        diag = {
+            "imagined_return_before": ret0.mean(),
+            "imagined_return_after": ret_after,
+            "grad_norm": norms.mean(),
+            "action_change": jnp.linalg.norm(action - a0),
+            "fallback": 1.0 - ok.astype(jnp.float32),
+        }
+        return action, carry, diag
+
+    return jax.jit(step)
+
+
+def make_mppi_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+    """TD-MPC-style MPPI on the same world model, reward model and terminal critic.
+
+    Candidates: ``mppi_policy_samples`` closed-loop policy rollouts (each with its own
+    fixed noise; scored once, kept in every iteration) plus ``mppi_samples`` Gaussian
+    open-loop sequences around the current mean (normalised units). Each iteration keeps
+    the ``mppi_elites`` best, re-weights them by ``softmax((v - max) / std(v) /
+    temperature)`` and refits mean and std (std clipped to ``[min_std, max_std]``). The
+    action is the final mean's first step; every candidate uses the same world noise.
+    ``grad_norm`` is 0 (no gradients). ``carry`` passes through.
+    """
+    validate_config(cfg)
+    low, high, mid, half = _action_bounds(agent)
+    imagine = make_imagine(cfg, agent, world)
+    H, N, P, K = cfg.horizon, cfg.mppi_samples, cfg.mppi_policy_samples, cfg.mppi_elites
+    act_dim = int(mid.shape[0])
+
+    def step(psi_start, psi0, models, obs, key, carry):
+        del psi_start
+        k_noise, k_pol, k_iter = jax.random.split(key, 3)
+        noise = jax.random.normal(k_noise, (1, H, *world.noise_shape), obs.dtype)
+        pi0 = lambda s: agent.act(psi0, s)  # noqa: E731
+
+        def score(u):  # u (B, H, act_dim) normalised -> values (B,)
+            seq = mid + half * jnp.clip(u, -1.0, 1.0)
+            noise_b = jnp.broadcast_to(noise, (u.shape[0], *noise.shape[1:]))
+            returns, aux = imagine(pi0, models, obs, noise_b, seq)
+            return jnp.nan_to_num(returns - aux["penalty"], nan=-jnp.inf)
+
+        # Policy-guided candidates: closed-loop rollouts, each with its own noise.
+        pol_noise = jax.random.normal(k_pol, (max(P, 1), H, *world.noise_shape), obs.dtype)
+        pol_ret, pol_aux = imagine(pi0, models, obs, pol_noise)
+        pol_u = (pol_aux["actions"][:, :H] - mid) / half
+        pol_v = score(pol_u)
+        mean0 = pol_u.mean(0)
+        std0 = jnp.full((H, act_dim), cfg.mppi_max_std, obs.dtype)
+
+        def iteration(state, k):
+            mean, std = state
+            eps = jax.random.normal(k, (N, H, act_dim), obs.dtype)
+            u = jnp.clip(mean + std * eps, -1.0, 1.0)
+            v = score(u)
+            if P > 0:
+                u, v = jnp.concatenate([u, pol_u]), jnp.concatenate([v, pol_v])
+            elite_v, idx = jax.lax.top_k(v, K)
+            elite_u = u[idx]
+            finite = jnp.isfinite(elite_v)
+            centred = jnp.where(finite, elite_v - elite_v.max(), -jnp.inf)
+            scale = jnp.std(jnp.where(finite, elite_v, elite_v.max())) + 1e-6
+            w = jax.nn.softmax(centred / scale / cfg.mppi_temperature)
+            new_mean = jnp.einsum("k,kha->ha", w, elite_u)
+            new_std = jnp.sqrt(jnp.einsum("k,kha->ha", w, jnp.square(elite_u - new_mean)))
+            new_std = jnp.clip(new_std, cfg.mppi_min_std, cfg.mppi_max_std)
+            return (new_mean, new_std), elite_v.max()
+
+        keys = jax.random.split(k_iter, cfg.mppi_iterations)
+        (mean, _), best = jax.lax.scan(iteration, (mean0, std0), keys)
+        ret_after = score(mean[None])[0]
+        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        a = mid + half * jnp.clip(mean[0], -1.0, 1.0)
+        ok = jnp.all(jnp.isfinite(mean)) & jnp.isfinite(ret_after) & jnp.isfinite(best[-1])
+        action = safe_action(jnp.where(ok, a, a0), a0, low, high)
+        diag = {
+            "imagined_return_before": pol_ret.mean(),
+            "imagined_return_after": ret_after,
+            "grad_norm": jnp.zeros((), jnp.float32),
+            "action_change": jnp.linalg.norm(action - a0),
+            "fallback": 1.0 - ok.astype(jnp.float32),
+        }
+        return action, carry, diag
+
+    return jax.jit(step)
+
+
+STEP_FACTORIES: dict[str, Callable] = {
+    "none": make_none_step,
+    "mpc": make_mpc_step,
+    "action-grad": make_action_grad_step,
+    "mppi": make_mppi_step,
+}
+
+
+def make_step(name: str, cfg: MPCConfig, agent: AgentLike, world: WorldLike | None) -> Callable:
+    """The jitted decision function of planner ``name`` (see the module docstring)."""
+    if name not in STEP_FACTORIES:
+        raise ValueError(f"unknown planner {name!r}; choose from {list(PLANNERS)}.")
+    if name != "none" and world is None:
+        raise ValueError(
+            f"planner {name!r} needs a world model; pass --world-model DIR "
+            "(train one with `mpcdwm train-world-model`) or use --planner none."
+        )
+    return STEP_FACTORIES[name](cfg, agent, world)
+
+
+class Planner:
+    """A :data:`mpcdwm.evaluate.Decider` around one planner's jitted step.
+
+    ``planner(obs) -> (action np (act_dim,), diagnostics dict of floats)``; call
+    :meth:`reset` at every episode start (it resets the warm-start carry and the key
+    stream to ``fold_in(PRNGKey(seed), episode)``, so every episode is reproducible).
+    Per decision: one jitted program (key split, optional warm start, planner step) and
+    one device-to-host transfer. :attr:`compile_s` is the ahead-of-time compile time.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        cfg: MPCConfig,
+        agent: AgentLike,
+        world: WorldLike | None,
+        seed: int = 0,
+    ) -> None:
+        self.name, self.cfg, self.agent, self.seed = name, cfg, agent, seed
+        step = make_step(name, cfg, agent, world)
+        self.psi0 = agent.actor_params
+        self.models = {
+            "world": None if world is None else world.params,
+            "critic": agent.critic_params,
+        }
+        warm = cfg.warm_start and name == "mpc"
+
+        def decide(psi0, models, obs, state):
+            key, sub = jax.random.split(state["key"])
+            start = state["carry"]["params"] if warm else psi0
+            action, carry, diag = step(start, psi0, models, obs, sub, state["carry"])
+            return (action, diag), {"key": key, "carry": carry}
+
+        self._decide = jax.jit(decide, donate_argnums=(3,))
+        self._compiled = None
+        self.compile_s = 0.0
+        self.state: dict[str, Any] | None = None
+        self.reset(0)
+
+    def reset(self, episode: int = 0) -> None:
+        """Start an episode: pretrained parameters, key ``fold_in(PRNGKey(seed), episode)``."""
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), episode)
+        params = jax.tree_util.tree_map(jnp.array, self.psi0)  # a copy: the state is donated
+        self.state = {"key": key, "carry": {"params": params}}
+
+    def compile(self, obs: np.ndarray) -> float:
+        """Compile ahead of time for observations like ``obs``; returns seconds."""
+        if self._compiled is None:
+            t0 = time.perf_counter()
+            lowered = self._decide.lower(
+                self.psi0, self.models, jnp.asarray(obs, jnp.float32), self.state
+            )
+            self._compiled = lowered.compile()
+            self.compile_s = time.perf_counter() - t0
+        return self.compile_s
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        obs = np.asarray(obs, np.float32)
+        if self._compiled is None:
+            self.compile(obs)
+        (action, diag), self.state = self._compiled(self.psi0, self.models, obs, self.state)
+        action, diag = jax.device_get((action, diag))
+        return np.asarray(action), {k: float(v) for k, v in diag.items()}
+
+
+def make_planner(
+    name: str, cfg: MPCConfig, agent: AgentLike, world: WorldLike | None, seed: int = 0
+) -> Planner:
+    """Build the :class:`Planner` (a Decider with ``reset``) for ``name``."""
+    return Planner(name, cfg, agent, world, seed)
