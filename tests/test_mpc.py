@@ -163,3 +163,161 @@ def test_bad_config_and_missing_world_model_are_named():
         make_planner("mpc", MPCConfig(), agent, None)
     with pytest.raises(ValueError, match="unknown planner"):
         make_planner("cem", MPCConfig(), agent, None)
+
+
+# --------------------------------------------------------------------------- real MuJoCo models
+
+PENDULUM = "InvertedPendulum-v5"
+
+
+def collect_pendulum(path, episodes: int = 100, seed: int = 0):
+    """Noisy, often-random linear controller on InvertedPendulum-v5, saved as D4RL HDF5."""
+    import gymnasium as gym
+    import h5py
+
+    env = gym.make(PENDULUM)
+    rng = np.random.default_rng(seed)
+    gain = np.array([1.0, 10.0, 1.0, 1.0])
+    names = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+    cols: dict[str, list] = {k: [] for k in names}
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed * 1000 + i)
+        done = False
+        while not done:
+            a = gain @ obs + 0.5 * rng.normal()
+            if rng.random() < 0.3:
+                a = rng.uniform(-3.0, 3.0)
+            a = np.clip([a], -3.0, 3.0).astype(np.float32)
+            nxt, r, term, trunc, _ = env.step(a)
+            for k, v in zip(cols, (obs, a, r, nxt, term, trunc), strict=True):
+                cols[k].append(v)
+            obs, done = nxt, term or trunc
+    env.close()
+    with h5py.File(path, "w") as f:
+        for k, v in cols.items():
+            f[k] = np.asarray(v, bool if k in ("terminals", "timeouts") else np.float32)
+        f.attrs["env_id"] = PENDULUM
+    return path
+
+
+def build_pendulum_runs(root, agent_steps: int = 1000, wm_steps: int = 1500):
+    """Tiny real TD3+BC agent and diffusion world model (3 denoising steps) on pendulum data.
+
+    Returns ``(agent_dir, world_model_dir)``; about 20 s on the 2-core dev machine.
+    """
+    from mpcdwm.agents import TrainAgentConfig, train_agent
+    from mpcdwm.world import TrainWorldModelConfig, train_world_model
+
+    data = str(collect_pendulum(root / "pendulum.hdf5"))
+    agent_dir = train_agent(
+        TrainAgentConfig(
+            dataset=data,
+            agent="td3bc",
+            steps=agent_steps,
+            out=root / "agent",
+            chunk=500,
+            eval_every=agent_steps,
+            eval_episodes=2,
+            hidden_dims=(64, 64),
+            progress=False,
+        )
+    )
+    wm_dir = train_world_model(
+        TrainWorldModelConfig(
+            dataset=data,
+            model="diffusion",
+            steps=wm_steps,
+            out=root / "wm",
+            chunk=500,
+            hidden_dims=(64, 64),
+            reward_hidden_dims=(64, 64),
+            reward_ensemble=2,
+            termination_hidden_dims=(64, 64),
+            lr=1e-3,
+            denoise_steps=3,
+            quality_transitions=500,
+            quality_windows=16,
+            quality_horizons=(1, 5),
+            progress=False,
+        )
+    )
+    return agent_dir, wm_dir
+
+
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory):
+    from mpcdwm.agents import load_agent
+    from mpcdwm.world import load_world_model
+
+    agent_dir, wm_dir = build_pendulum_runs(tmp_path_factory.mktemp("pendulum"))
+    return load_agent(agent_dir), load_world_model(wm_dir)
+
+
+SMALL = MPCConfig(
+    adapt_steps=2,
+    num_rollouts=4,
+    horizon=3,
+    mppi_samples=32,
+    mppi_elites=8,
+    mppi_policy_samples=4,
+    mppi_iterations=2,
+)
+
+
+def _real_observations(n: int = 30):
+    import gymnasium as gym
+
+    env = gym.make(PENDULUM)
+    obs, _ = env.reset(seed=3)
+    out = []
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        out.append(np.asarray(obs, np.float32))
+        obs, _, term, trunc, _ = env.step(rng.uniform(-3, 3, size=1))
+        if term or trunc:
+            obs, _ = env.reset()
+    env.close()
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_zero_learning_rate_reproduces_base_actions_exactly(pendulum, optimizer):
+    agent, world = pendulum
+    cfg = dataclasses.replace(SMALL, lr=0.0, optimizer=optimizer)
+    mpc = make_planner("mpc", cfg, agent, world)
+    act = jax.jit(agent.act)
+    for obs in _real_observations(10):
+        a, diag = mpc(obs)
+        np.testing.assert_array_equal(a, np.asarray(act(agent.actor_params, obs)))
+        assert diag["action_change"] == 0.0 and diag["fallback"] == 0.0
+        assert diag["imagined_return_after"] == pytest.approx(diag["imagined_return_before"])
+
+
+@pytest.mark.parametrize("name", ["mpc", "action-grad", "mppi"])
+def test_injected_nan_falls_back_to_pretrained_action(pendulum, name):
+    agent, world = pendulum
+    bad = jax.tree_util.tree_map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), world.params)
+    world_nan = dataclasses.replace(world, params=bad)
+    planner = make_planner(name, SMALL, agent, world_nan)
+    act = jax.jit(agent.act)
+    for obs in _real_observations(3):
+        a, diag = planner(obs)
+        assert diag["fallback"] == 1.0, diag
+        np.testing.assert_array_equal(a, np.asarray(act(agent.actor_params, obs)))
+
+
+@pytest.mark.parametrize("name", ["none", "mpc", "action-grad", "mppi"])
+def test_actions_in_bounds_in_real_episodes_even_with_huge_steps(pendulum, name):
+    from mpcdwm.evaluate import run_episodes
+
+    agent, world = pendulum
+    # lr 10 / action_lr 10 / wide MPPI std push hard against the bounds.
+    cfg = dataclasses.replace(SMALL, lr=10.0, action_lr=10.0, warm_start=True, mppi_max_std=2.0)
+    planner = make_planner(name, cfg, agent, world)
+    # run_episodes raises on any non-finite or out-of-bounds action.
+    stats = run_episodes(
+        PENDULUM, planner, episodes=2, seed=0, max_steps=40, on_episode_start=planner.reset
+    )
+    assert len(stats.returns) == 2 and len(stats.diagnostics) == sum(stats.lengths)
+    for d in stats.diagnostics:
+        assert np.isfinite(d["imagined_return_after"]) or d["fallback"] == 1.0

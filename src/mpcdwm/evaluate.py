@@ -1,5 +1,19 @@
 """Evaluation in the real environment: episodes, returns, normalised scores, latency.
 
+``mpcdwm evaluate`` (:func:`evaluate`) runs the base policy and any planners of
+:mod:`mpcdwm.mpc` from checkpoints and writes ``OUT/eval.json``::
+
+    {"dataset", "env_id", "seed", "ref_scores": [min, max], "config": EvaluateConfig,
+     "world_model": {"kind", "denoise_steps", "flow_steps"} | null,
+     "planners": {name: {"returns", "lengths", "normalized_scores",
+                         "normalized_score": {"mean", "std"}, "latency_ms": {"median", "p95"},
+                         "compile_s", "fallbacks", "diagnostics": {name: mean},
+                         "config": {...}, "trace": {"real_return", "imagined_return_before",
+                                                     "imagined_return_after"}}}}
+
+``trace`` holds, per decision of episode 0, the cumulative real return before the
+decision and the imagined returns before/after planning.
+
 :func:`run_episodes` is the one evaluation loop: agents call it for periodic
 evaluation during training, ``mpcdwm evaluate`` calls it for the base policy and
 for every planner. A *decider* maps a real observation to an action (and
@@ -9,13 +23,17 @@ optional per-decision diagnostics); the loop times each decision.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mpcdwm.envs import make_env
+from mpcdwm.mpc import PLANNERS, MPCConfig
 
 Decider = Callable[[np.ndarray], tuple[np.ndarray, dict[str, float]]]
 
@@ -43,12 +61,14 @@ def run_episodes(
     on_episode_start: Callable[[int], None] | None = None,
     progress: Callable[[int, float], None] | None = None,
     max_steps: int | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> EpisodeStats:
     """Run ``episodes`` episodes of ``decide`` in a fresh ``env_id``.
 
     Episode ``i`` resets with seed ``seed + i``, so results are reproducible and
     every method sees the same start states. ``on_episode_start(i)`` lets a
-    planner reset its carry; ``progress(i, return)`` is called after each episode.
+    planner reset its carry; ``progress(i, return)`` is called after each episode;
+    ``on_step(reward)`` after every env step.
     Actions are checked: a non-finite or out-of-range action is an error here
     (planners must guarantee valid actions themselves).
     """
@@ -78,6 +98,8 @@ def run_episodes(
                     stats.diagnostics.append(diag)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
+                if on_step is not None:
+                    on_step(float(reward))
                 length += 1
                 done = terminated or truncated or (max_steps is not None and length >= max_steps)
             stats.returns.append(total)
@@ -99,3 +121,257 @@ def policy_decider(act: Callable[[Any, Any], Any], params: Any) -> Decider:
         return np.asarray(act_jit(params, obs)), {}
 
     return decide
+
+
+# --------------------------------------------------------------------------- mpcdwm evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluate a base agent and planners in the real environment (``mpcdwm evaluate``)."""
+
+    agent: Path
+    """Run directory of a trained agent (``mpcdwm train-agent --out``)."""
+    world_model: Path | None = None
+    """Run directory of a trained world model (needed by every planner except none)."""
+    planner: tuple[str, ...] = ("none", "mpc")
+    """Methods to evaluate: none (base policy), mpc (MPCwDWM), action-grad, mppi."""
+    episodes: int = 10
+    """Episodes per method (episode i resets with seed + i for every method)."""
+    seed: int = 0
+    """Seed of the env resets and of the planners' noise."""
+    out: Path = Path("runs/eval")
+    """Output directory (eval.json)."""
+    mpc: MPCConfig = MPCConfig()
+    """Planner budget and options."""
+    max_steps: int | None = None
+    """Cut episodes after this many steps (None = the env's own limit)."""
+    progress: bool = True
+    """Show a progress bar and the final table."""
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists, paths -> str (JSON-ready)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _check_config(cfg: EvaluateConfig) -> None:
+    if not cfg.planner:
+        raise ValueError("--planner is empty; give at least one of " + ", ".join(PLANNERS))
+    unknown = [p for p in cfg.planner if p not in PLANNERS]
+    if unknown:
+        raise ValueError(f"unknown planner(s) {unknown}; choose from {list(PLANNERS)}.")
+    if len(set(cfg.planner)) != len(cfg.planner):
+        raise ValueError(f"--planner lists a method twice: {list(cfg.planner)}.")
+    if cfg.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}.")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1 or None, got {cfg.max_steps}.")
+    needs_world = [p for p in cfg.planner if p != "none"]
+    if needs_world and cfg.world_model is None:
+        raise ValueError(
+            f"planner(s) {needs_world} need a world model: pass --world-model DIR "
+            "(train one with `mpcdwm train-world-model`), or use --planner none."
+        )
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def evaluate(cfg: EvaluateConfig) -> Path:
+    """Run every planner of ``cfg`` for ``cfg.episodes`` episodes; returns ``out/eval.json``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from mpcdwm.agents import load_agent
+    from mpcdwm.mpc import make_planner, validate_config
+    from mpcdwm.world import load_world_model
+
+    _check_config(cfg)
+    validate_config(cfg.mpc)
+    agent = load_agent(cfg.agent)
+    world = None
+    if cfg.world_model is not None and any(p != "none" for p in cfg.planner):
+        world = load_world_model(cfg.world_model)
+        if world.env_id != agent.env_id or (world.obs_dim, world.act_dim) != (
+            agent.obs_dim,
+            agent.act_dim,
+        ):
+            raise ValueError(
+                f"the agent ({cfg.agent}) is for {agent.env_id} (obs {agent.obs_dim}, act "
+                f"{agent.act_dim}) but the world model ({cfg.world_model}) is for "
+                f"{world.env_id} (obs {world.obs_dim}, act {world.act_dim}); train both on "
+                "the same dataset."
+            )
+    ref_min, ref_max = agent.meta.get("ref_min_score"), agent.meta.get("ref_max_score")
+    has_ref = ref_min is not None and ref_max is not None and ref_max != ref_min
+
+    def normalized(returns: list[float]) -> np.ndarray:
+        if not has_ref:
+            return np.full(len(returns), np.nan)
+        return 100.0 * (np.asarray(returns, np.float64) - ref_min) / (ref_max - ref_min)
+
+    console = Console(stderr=True)
+    results: dict[str, Any] = {}
+    wm_info = None
+    if world is not None:
+        wm_info = {
+            "kind": world.kind,
+            "denoise_steps": int(world.config.denoise_steps),
+            "flow_steps": int(world.config.flow_steps),
+        }
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not cfg.progress,
+    )
+    with progress:
+        for name in cfg.planner:
+            planner = make_planner(name, cfg.mpc, agent, world, seed=cfg.seed)
+            task = progress.add_task(f"{name:>11}", total=cfg.episodes, info="compiling")
+            trace: dict[str, list[float]] = {
+                "real_return": [],
+                "imagined_return_before": [],
+                "imagined_return_after": [],
+            }
+            episode = {"i": 0, "ret": 0.0}
+            latencies: list[float] = []
+
+            def decide(obs, planner=planner, trace=trace, episode=episode, latencies=latencies):
+                t0 = time.perf_counter()
+                action, diag = planner(obs)
+                latencies.append(1e3 * (time.perf_counter() - t0))
+                if episode["i"] == 0:
+                    trace["real_return"].append(episode["ret"])
+                    trace["imagined_return_before"].append(diag["imagined_return_before"])
+                    trace["imagined_return_after"].append(diag["imagined_return_after"])
+                return action, diag
+
+            def on_step(reward, episode=episode):
+                episode["ret"] += reward
+
+            def on_start(i, planner=planner, episode=episode):
+                planner.reset(i)
+                episode["i"], episode["ret"] = i, 0.0
+
+            def on_episode(i, ret, task=task, lat=latencies):
+                info = f"return {ret:8.1f}  {np.median(lat):6.2f} ms/decision"
+                progress.update(task, advance=1, info=info)
+
+            stats = run_episodes(
+                agent.env_id,
+                decide,
+                episodes=cfg.episodes,
+                seed=cfg.seed,
+                on_episode_start=on_start,
+                progress=on_episode,
+                max_steps=cfg.max_steps,
+                on_step=on_step,
+            )
+            scores = normalized(stats.returns)
+            diag_names = sorted({k for d in stats.diagnostics for k in d})
+            diag_means = {
+                k: _finite_or_none(np.mean([d[k] for d in stats.diagnostics if k in d]))
+                for k in diag_names
+            }
+            lat = np.asarray(latencies if latencies else [np.nan])
+            results[name] = {
+                "returns": [float(r) for r in stats.returns],
+                "lengths": [int(n) for n in stats.lengths],
+                "normalized_scores": [_finite_or_none(x) for x in scores],
+                "normalized_score": {
+                    "mean": _finite_or_none(np.mean(scores)),
+                    "std": _finite_or_none(np.std(scores)),
+                },
+                "latency_ms": {
+                    "median": float(np.median(lat)),
+                    "p95": float(np.percentile(lat, 95)),
+                },
+                "compile_s": float(planner.compile_s),
+                "fallbacks": int(sum(d.get("fallback", 0.0) > 0 for d in stats.diagnostics)),
+                "diagnostics": diag_means,
+                "config": _planner_config(name, cfg.mpc, agent, wm_info),
+                "trace": {k: [_finite_or_none(x) for x in v] for k, v in trace.items()},
+            }
+    data = {
+        "dataset": agent.meta.get("dataset"),
+        "env_id": agent.env_id,
+        "seed": cfg.seed,
+        "ref_scores": [ref_min, ref_max] if has_ref else None,
+        "config": _plain(cfg),
+        "world_model": wm_info,
+        "planners": results,
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    path = cfg.out / "eval.json"
+    _write_json_atomic(path, data)
+    if cfg.progress:
+        table = Table(title=f"{data['dataset']} ({agent.env_id}), seed {cfg.seed}")
+        for col in ("method", "return", "normalized", "latency ms (med/p95)", "fallbacks"):
+            table.add_column(col, justify="right" if col != "method" else "left")
+        for name, res in results.items():
+            rets = np.asarray(res["returns"])
+            ns = res["normalized_score"]
+            norm = "n/a" if ns["mean"] is None else f"{ns['mean']:.1f} ± {ns['std']:.1f}"
+            table.add_row(
+                name,
+                f"{rets.mean():.1f} ± {rets.std():.1f}",
+                norm,
+                f"{res['latency_ms']['median']:.2f} / {res['latency_ms']['p95']:.2f}",
+                str(res["fallbacks"]),
+            )
+        console.print(table)
+        console.print(f"wrote {path}")
+    return path
+
+
+def _planner_config(name: str, mpc: MPCConfig, agent: Any, wm_info: dict | None) -> dict:
+    """The budget that defines method ``name`` (what report.py labels rows with)."""
+    if name == "none":
+        return {"world_model": None, "denoise_steps": None}
+    keys = ["adapt_steps", "num_rollouts", "horizon", "gamma"]
+    keys += {
+        "mpc": [
+            "lr",
+            "optimizer",
+            "warm_start",
+            "trust_region",
+            "uncertainty_penalty",
+            "adapt",
+            "max_grad_norm",
+        ],
+        "action-grad": ["action_lr", "uncertainty_penalty"],
+        "mppi": [
+            "mppi_iterations",
+            "mppi_samples",
+            "mppi_policy_samples",
+            "mppi_elites",
+            "mppi_temperature",
+            "mppi_min_std",
+            "mppi_max_std",
+            "uncertainty_penalty",
+        ],
+    }[name]
+    conf = {k: getattr(mpc, k) for k in keys}
+    if conf["gamma"] is None:
+        conf["gamma"] = float(agent.gamma)
+    conf["world_model"] = None if wm_info is None else wm_info["kind"]
+    conf["denoise_steps"] = None if wm_info is None else wm_info["denoise_steps"]
+    return conf
