@@ -1,0 +1,128 @@
+"""``mpcdwm evaluate`` end to end on tiny real InvertedPendulum-v5 checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from test_mpc import build_pendulum_runs
+
+from mpcdwm.evaluate import EvaluateConfig, evaluate
+from mpcdwm.mpc import MPCConfig
+
+SMALL = MPCConfig(
+    adapt_steps=2,
+    num_rollouts=4,
+    horizon=3,
+    lr=1e-3,
+    mppi_samples=32,
+    mppi_elites=8,
+    mppi_policy_samples=4,
+    mppi_iterations=2,
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return build_pendulum_runs(tmp_path_factory.mktemp("pendulum"))
+
+
+@pytest.fixture(scope="module")
+def cfg(runs, tmp_path_factory):
+    agent_dir, wm_dir = runs
+    return EvaluateConfig(
+        agent=agent_dir,
+        world_model=wm_dir,
+        planner=("none", "mpc", "action-grad", "mppi"),
+        episodes=2,
+        seed=7,
+        out=tmp_path_factory.mktemp("eval"),
+        mpc=SMALL,
+        max_steps=30,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def result(cfg):
+    path = evaluate(cfg)
+    return path, json.loads(path.read_text())
+
+
+def test_eval_json_layout(cfg, result):
+    path, data = result
+    assert path == cfg.out / "eval.json" and not (cfg.out / "eval.json.tmp").exists()
+    assert set(data) == {
+        "dataset",
+        "env_id",
+        "seed",
+        "ref_scores",
+        "config",
+        "world_model",
+        "planners",
+    }
+    assert data["env_id"] == "InvertedPendulum-v5" and data["seed"] == 7
+    assert data["config"]["planner"] == list(cfg.planner)
+    assert data["config"]["agent"] == str(cfg.agent) and data["config"]["mpc"]["horizon"] == 3
+    assert data["world_model"] == {"kind": "diffusion", "denoise_steps": 3, "flow_steps": 2}
+    assert list(data["planners"]) == list(cfg.planner)
+    for name, res in data["planners"].items():
+        assert len(res["returns"]) == len(res["lengths"]) == len(res["normalized_scores"]) == 2
+        assert all(1 <= n <= 30 for n in res["lengths"])
+        assert set(res["normalized_score"]) == {"mean", "std"}
+        assert 0 < res["latency_ms"]["median"] <= res["latency_ms"]["p95"]
+        assert res["compile_s"] > 0 and res["fallbacks"] == 0
+        assert set(res["diagnostics"]) >= {
+            "imagined_return_before",
+            "imagined_return_after",
+            "grad_norm",
+            "action_change",
+            "fallback",
+        }
+        trace = res["trace"]
+        assert len(trace["real_return"]) == res["lengths"][0]
+        assert trace["real_return"][0] == 0.0
+        assert trace["real_return"][-1] == res["returns"][0] - 1.0  # pendulum: +1 per step
+        assert len(trace["imagined_return_after"]) == res["lengths"][0]
+        if name == "none":
+            assert res["config"]["world_model"] is None
+        else:
+            assert res["config"]["horizon"] == 3 and res["config"]["world_model"] == "diffusion"
+            assert res["config"]["denoise_steps"] == 3
+    assert data["planners"]["mpc"]["config"]["lr"] == 1e-3
+
+
+def test_deterministic_for_a_seed(cfg, result, tmp_path):
+    _, first = result
+    again = json.loads(evaluate(dataclasses.replace(cfg, out=tmp_path)).read_text())
+
+    def strip(d):  # timings are the only things allowed to differ
+        d = json.loads(json.dumps(d))
+        d["config"].pop("out")
+        for res in d["planners"].values():
+            res.pop("latency_ms"), res.pop("compile_s")
+        return d
+
+    assert strip(again) == strip(first)
+
+
+def test_error_cases(cfg, runs, tmp_path):
+    with pytest.raises(ValueError, match="world model"):
+        evaluate(dataclasses.replace(cfg, world_model=None, out=tmp_path))
+    with pytest.raises(ValueError, match="unknown planner"):
+        evaluate(dataclasses.replace(cfg, planner=("none", "cem"), out=tmp_path))
+    with pytest.raises(ValueError, match="episodes"):
+        evaluate(dataclasses.replace(cfg, episodes=0, out=tmp_path))
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_agent_and_world_model_for_different_envs(cfg, tmp_path):
+    """A world model whose checkpoint is for another env is refused, naming both."""
+    from mpcdwm.checkpoint import load_checkpoint, save_checkpoint
+
+    state, meta = load_checkpoint(cfg.world_model / "checkpoint.ckpt")
+    assert meta["env_id"] == "InvertedPendulum-v5"
+    save_checkpoint(tmp_path / "wm" / "checkpoint.ckpt", state, {**meta, "env_id": "Hopper-v5"})
+    with pytest.raises(ValueError, match="Hopper-v5.*same dataset"):
+        evaluate(dataclasses.replace(cfg, world_model=tmp_path / "wm", out=tmp_path / "o"))
