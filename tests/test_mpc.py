@@ -321,3 +321,30 @@ def test_actions_in_bounds_in_real_episodes_even_with_huge_steps(pendulum, name)
     assert len(stats.returns) == 2 and len(stats.diagnostics) == sum(stats.lengths)
     for d in stats.diagnostics:
         assert np.isfinite(d["imagined_return_after"]) or d["fallback"] == 1.0
+
+
+def test_adaptation_raises_real_return_of_weak_policy(pendulum):
+    """A weakened base (pre-tanh output bias +1: it pushes the cart one way and the pole
+    falls in ~2 steps) balances several times longer with MPCwDWM on the tiny real models.
+
+    Measured when written: base [2, 2, 2, 2], mpc [33, 13, 7, 47] (mean ratio ~12; the
+    assertion asks for 3x). Larger learning rates (0.05) did not help here.
+    """
+    from mpcdwm.evaluate import run_episodes
+
+    agent, world = pendulum
+    params = jax.tree_util.tree_map(lambda x: x, agent.actor_params)
+    layers = params["params"]
+    last = max(layers, key=lambda k: int(k.split("_")[1]))
+    layers[last] = {**layers[last], "bias": layers[last]["bias"] + 1.0}
+    weak = dataclasses.replace(agent, actor_params=params)
+    cfg = MPCConfig(adapt_steps=5, num_rollouts=8, horizon=5, lr=0.01, optimizer="adam")
+    returns = {}
+    for name in ("none", "mpc"):
+        planner = make_planner(name, cfg, weak, world)
+        stats = run_episodes(
+            PENDULUM, planner, episodes=4, seed=0, max_steps=300, on_episode_start=planner.reset
+        )
+        returns[name] = float(np.mean(stats.returns))
+    assert returns["none"] <= 5.0, returns  # the base really is weak
+    assert returns["mpc"] >= 3.0 * returns["none"], returns
