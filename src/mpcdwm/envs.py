@@ -19,10 +19,14 @@ import numpy as np
 from mpcdwm.data import flatten_observation
 
 
-class FlattenDictObservation(gym.ObservationWrapper):
-    """Flat ``float32`` observations from a dict observation space (fixed key order)."""
+class FlattenDictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Flat ``float32`` observations from a dict observation space (fixed key order).
+
+    Records its constructor args so that ``env.spec`` can be re-made (Minari needs it).
+    """
 
     def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         sample = flatten_observation(env.observation_space.sample())
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, sample.shape, np.float32)
