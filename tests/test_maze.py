@@ -76,3 +76,12 @@ def test_d4rl_antmaze_file_appends_goal(tmp_path):
     goals = np.asarray(ds.observations)[:, -2:]
     np.testing.assert_allclose(goals, np.tile([0.5, 8.0], (len(goals), 1)))
     np.testing.assert_allclose(np.asarray(ds.observations)[:, :29], f_obs[: len(goals)], rtol=1e-6)
+
+
+def test_collect_command_dispatches_pointmaze(tmp_path):
+    from mpcdwm.collect import CollectConfig, collect
+
+    out = collect(CollectConfig(env="PointMaze_UMaze-v3", steps=200, seed=3, out=tmp_path / "c"))
+    ds = load_dataset(out)
+    assert len(ds.observations) >= 200 and ds.observations.shape[1] == 8
+    assert float(ds.rewards.sum()) >= 2  # the BFS controller, not a random policy

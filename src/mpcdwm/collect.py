@@ -72,7 +72,12 @@ CHECKPOINT_NAME = "online_td3.ckpt"
 
 @dataclasses.dataclass(frozen=True)
 class CollectConfig:
-    """Make a D4RL-style Minari dataset for a Gymnasium env (see :mod:`mpcdwm.collect`)."""
+    """Make a D4RL-style Minari dataset for a Gymnasium env (see :mod:`mpcdwm.collect`).
+
+    PointMaze ids ignore ``recipe`` and the TD3 options: they record the BFS waypoint
+    controller of :mod:`mpcdwm.maze` (D4RL maze2d style) for whole episodes until ``steps``
+    transitions, with ``rollout_noise`` as its action noise.
+    """
 
     env: str = "Hopper-v5"
     """Gymnasium environment id (continuous actions)."""
@@ -735,6 +740,18 @@ def collect(cfg: CollectConfig) -> str:
     Returns the Minari dataset id (or the folder ``cfg.out``), loadable with
     :func:`mpcdwm.data.load_dataset`.
     """
+    if "PointMaze" in cfg.env:
+        from mpcdwm import maze  # the maze controller replaces the online TD3 recipes
+
+        return maze.write_pointmaze_dataset(
+            cfg.env,
+            steps=cfg.steps,
+            seed=cfg.seed,
+            noise=cfg.rollout_noise,
+            out=None if cfg.out is None else str(cfg.out),
+            dataset_id=cfg.dataset_id,
+            overwrite=cfg.overwrite,
+        )
     _check_config(cfg)
     console = Console(stderr=True)
     dataset_id = cfg.dataset_id or default_dataset_id(cfg.env, cfg.recipe)

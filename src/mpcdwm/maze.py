@@ -63,13 +63,22 @@ def waypoint_action(
 
 
 def collect_pointmaze(
-    env_id: str, *, episodes: int, seed: int, noise: float = 0.3, max_episode_steps: int = 300
+    env_id: str,
+    *,
+    episodes: int | None = None,
+    steps: int | None = None,
+    seed: int,
+    noise: float = 0.3,
+    max_episode_steps: int = 300,
 ) -> dict[str, np.ndarray]:
-    """Run the BFS waypoint controller for ``episodes`` episodes.
+    """Run the BFS waypoint controller for ``episodes`` episodes, or whole episodes until
+    at least ``steps`` transitions (give exactly one of them).
 
     Returns collect-style transitions (observations (N, 8), actions (N, 2), rewards (N,),
     next_observations, terminals, truncations).
     """
+    if (episodes is None) == (steps is None):
+        raise ValueError("give exactly one of episodes= or steps= to collect_pointmaze.")
     if "PointMaze" not in env_id:
         raise ValueError(
             f"{env_id!r} is not a PointMaze id; maze collection covers PointMaze only."
@@ -88,8 +97,10 @@ def collect_pointmaze(
             "truncations",
         )
     }
-    for ep in range(episodes):
+    ep = 0
+    while (ep < episodes) if episodes is not None else (len(rows["actions"]) < steps):
         obs, _ = env.reset(seed=seed + ep)
+        ep += 1
         goal = obs[6:8]
         path = bfs_path(
             maze.maze_map,
@@ -123,9 +134,11 @@ def collect_pointmaze(
 def write_pointmaze_dataset(
     env_id: str,
     *,
-    episodes: int,
+    episodes: int | None = None,
+    steps: int | None = None,
     seed: int,
     out: str | None = None,
+    dataset_id: str | None = None,
     noise: float = 0.3,
     max_episode_steps: int = 300,
     overwrite: bool = False,
@@ -139,12 +152,17 @@ def write_pointmaze_dataset(
     from mpcdwm.collect import write_minari
 
     data = collect_pointmaze(
-        env_id, episodes=episodes, seed=seed, noise=noise, max_episode_steps=max_episode_steps
+        env_id,
+        episodes=episodes,
+        steps=steps,
+        seed=seed,
+        noise=noise,
+        max_episode_steps=max_episode_steps,
     )
     name = env_id.split("-")[0].replace("PointMaze_", "").lower()
     return write_minari(
         data,
-        dataset_id=f"mpcdwm/pointmaze-{name}/bfs-v0",
+        dataset_id=dataset_id or f"mpcdwm/pointmaze-{name}-bfs-v0",
         env_id=env_id,
         max_episode_steps=max_episode_steps,
         ref_min_score=0.0,  # return 0 = goal not reached
