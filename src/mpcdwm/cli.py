@@ -22,20 +22,15 @@ from rich.console import Console
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
     """Subcommand name -> (config class, function). Imported lazily: JAX loads slowly."""
-    from mpcdwm import agents, collect, evaluate, world
+    from mpcdwm import agents, collect, evaluate, pipeline, world
 
-    commands: dict[str, tuple[type, Callable[[Any], Any]]] = {
+    return {
         "collect": (collect.CollectConfig, collect.collect),
         "train-agent": (agents.TrainAgentConfig, agents.train_agent),
         "train-world-model": (world.TrainWorldModelConfig, world.train_world_model),
         "evaluate": (evaluate.EvaluateConfig, evaluate.evaluate),
+        **pipeline.COMMANDS,
     }
-    try:
-        from mpcdwm import pipeline
-    except ImportError:  # the run/demo/report stage is optional until it lands
-        return commands
-    commands.update(pipeline.COMMANDS)
-    return commands
 
 
 def config_from_mapping(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
