@@ -740,6 +740,9 @@ def collect(cfg: CollectConfig) -> str:
     Returns the Minari dataset id (or the folder ``cfg.out``), loadable with
     :func:`mpcdwm.data.load_dataset`.
     """
+    if cfg.out is not None:
+        # Minari resolves a relative folder against its own root: pass it absolute.
+        cfg = dataclasses.replace(cfg, out=cfg.out.resolve())
     if "PointMaze" in cfg.env:
         from mpcdwm import maze  # the maze controller replaces the online TD3 recipes
 
