@@ -192,3 +192,16 @@ def test_recipes_have_the_right_structure(pendulum, tmp_path):
     # with this tiny budget both balance most episodes, and their returns overlap.)
     for ds in (med, exp):
         assert ds.episode_returns()[:-1].mean() > 5 * run.random_return
+
+
+def test_relative_out_folder_is_written_where_asked(tmp_path, monkeypatch):
+    """A relative --out lands below the working directory (Minari used to join it to its root)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    cfg = CollectConfig(
+        env="Hopper-v5", recipe="random", steps=300, out=Path("rel"), progress=False
+    )
+    path = collect(cfg)
+    assert Path(path) == tmp_path / "rel" and (tmp_path / "rel" / "data").is_dir()
+    assert len(load_dataset(path).observations) == 300
