@@ -99,13 +99,15 @@ def test_rebrac_on_pointmaze_umaze_beats_random(tmp_path):
     run = train_agent(
         TrainAgentConfig(
             dataset=out,
-            steps=5000,
+            # 10k updates: at 5k the success rate still swings (0.55-0.65 over 20 episodes
+            # with jax 0.10.2); at 10k it is 0.85 against random's ~0.3.
+            steps=10_000,
             actor_bc_coef=0.1,  # MuJoCo-default beta (0.001) gets 0 successes here
             out=tmp_path / "agent",
-            eval_every=5000,
-            eval_episodes=10,
+            eval_every=10_000,
+            eval_episodes=20,
             chunk=1000,
-            checkpoint_every=5000,
+            checkpoint_every=10_000,
             batch_size=256,
             progress=False,
         )
@@ -114,12 +116,12 @@ def test_rebrac_on_pointmaze_umaze_beats_random(tmp_path):
     success = [r["eval_return"] for r in rows if "eval_return" in r][-1]
     env = make_env("PointMaze_UMaze-v3")
     rand = 0.0
-    for ep in range(10):
+    for ep in range(20):
         env.reset(seed=10_000 + ep)
         env.action_space.seed(ep)
         done = False
         while not done:
             _, r, term, trunc, _ = env.step(env.action_space.sample())
-            rand += r / 10
+            rand += r / 20
             done = term or trunc
-    assert success > rand + 0.2, (success, rand)
+    assert success > rand + 0.3, (success, rand)

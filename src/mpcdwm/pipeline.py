@@ -182,8 +182,11 @@ def run(cfg: RunConfig) -> Path:
             )
         )
 
+    needs_world = any(p != "none" for p in cfg.planners)
     console.print(Rule(f"[2/{stages}] world model: {cfg.world_model}"))
-    if _stage_done(wm_dir, cfg.world_model_steps):
+    if not needs_world:
+        console.print("no planner needs it (--planners none); skipped")
+    elif _stage_done(wm_dir, cfg.world_model_steps):
         console.print(f"done already ({wm_dir}); skipped")
     else:
         train_world_model(
@@ -204,7 +207,7 @@ def run(cfg: RunConfig) -> Path:
     eval_json = eval_dir / "eval.json"
     eval_cfg = EvaluateConfig(
         agent=agent_dir,
-        world_model=wm_dir,
+        world_model=wm_dir if needs_world else None,
         planner=cfg.planners,
         episodes=cfg.episodes,
         seed=cfg.seed,
