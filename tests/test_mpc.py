@@ -98,7 +98,10 @@ def test_adaptation_raises_true_return_of_poor_policy():
     assert r_mpc > 0.5 * r_base and r_mpc > r_base + 20.0, (r_base, r_mpc)
 
 
-def test_surrogate_gradient_matches_finite_differences():
+@pytest.mark.parametrize("terminal_action", ["adapted", "pretrained"])
+def test_surrogate_gradient_matches_finite_differences(terminal_action):
+    """The surrogate's gradient w.r.t. policy parameters, through the model and the terminal
+    critic (fed the adapted or the frozen pretrained policy's action), matches central FD."""
     with jax.enable_x64(True):
         agent, world = _point(kernel=(0.3, -0.2), dtype=jnp.float64)
         cfg = MPCConfig(horizon=4, num_rollouts=3, uncertainty_penalty=0.1)
@@ -106,13 +109,22 @@ def test_surrogate_gradient_matches_finite_differences():
         s0 = jnp.asarray([0.7, -0.3], jnp.float64)
         noise = jnp.zeros((3, 4, 2), jnp.float64)
 
+        def params(flat):
+            return {"params": {"Dense_0": {"kernel": flat[:2].reshape(2, 1), "bias": flat[2:]}}}
+
+        psi0 = params(jnp.asarray([-0.5, 0.4, 0.0], jnp.float64))
+        pretrained = lambda s: agent.act(psi0, s)  # noqa: E731
+        terminal = pretrained if terminal_action == "pretrained" else None
+
         def surrogate(flat):
-            psi = {"params": {"Dense_0": {"kernel": flat[:2].reshape(2, 1), "bias": flat[2:]}}}
+            psi = params(flat)
             ret, aux = imagine(
                 lambda s: agent.act(psi, s),
                 {"world": world.params, "critic": agent.critic_params},
                 s0,
                 noise,
+                None,
+                terminal,
             )
             return ret.mean() - aux["penalty"].mean()
 

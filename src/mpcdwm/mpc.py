@@ -79,6 +79,12 @@ class MPCConfig:
     """Which policy parameters adapt: all, or only the last Dense layer."""
     max_grad_norm: float = 0.0
     """Clip the adaptation gradient to this global norm; 0 = no clipping."""
+    terminal_action: Literal["adapted", "pretrained"] = "adapted"
+    """mpc: action fed to the terminal critic, ``Q(s_H, pi(s_H))``: the adapted policy's (the
+    paper's surrogate) or the pretrained policy's, so that the gradient reaches ``psi`` only
+    through the imagined states and rewards, never through the critic's action-gradient at
+    ``s_H`` (the critic estimates the pretrained policy's value; action-grad and mppi always
+    use the pretrained policy there)."""
     action_lr: float = 0.03
     """action-grad: Adam learning rate on the action sequence (normalised action units)."""
     mppi_iterations: int = 6
@@ -161,6 +167,10 @@ def validate_config(cfg: MPCConfig) -> None:
         raise ValueError(f"--mpc.optimizer must be adam or sgd, got {cfg.optimizer!r}.")
     if cfg.adapt not in ("all", "last_layer"):
         raise ValueError(f"--mpc.adapt must be all or last_layer, got {cfg.adapt!r}.")
+    if cfg.terminal_action not in ("adapted", "pretrained"):
+        raise ValueError(
+            f"--mpc.terminal-action must be adapted or pretrained, got {cfg.terminal_action!r}."
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -216,11 +226,12 @@ def _scan(f: Callable, init: Any, xs: Any, unroll: bool):
 
 
 def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
-    """``imagine(act_fn, models, s0, noise, seq=None) -> (returns (M,), aux)``.
+    """``imagine(act_fn, models, s0, noise, seq=None, terminal_fn=None) -> (returns (M,), aux)``.
 
     ``act_fn(s) -> a`` is the closed-loop policy for states ``s (obs_dim,)``; it acts at
     every imagined step, or only at the terminal critic's step when an open-loop
-    sequence ``seq (M, H, act_dim)`` (raw units) is given. ``noise (M, H, *noise_shape)``.
+    sequence ``seq (M, H, act_dim)`` (raw units) is given. ``terminal_fn`` (default
+    ``act_fn``) gives the terminal critic's action instead. ``noise (M, H, *noise_shape)``.
     ``aux``: per-rollout ``states (M, H + 1, obs_dim)``, ``actions (M, H + 1, act_dim)``
     and ``penalty (M,)`` (uncertainty-weighted disagreement sum). Rollouts are vmapped
     over M so every network call is one batched matmul.
@@ -228,7 +239,7 @@ def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable
     gamma = float(agent.gamma if cfg.gamma is None else cfg.gamma)
     lam = float(cfg.uncertainty_penalty)
 
-    def one(act_fn: Callable, models: dict, s0: jax.Array, noise: jax.Array, seq):
+    def one(act_fn: Callable, terminal_fn: Callable, models: dict, s0, noise, seq):
         wp = models["world"]
 
         def step(carry, inp):
@@ -248,15 +259,16 @@ def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable
         (s_h, alive, disc, ret, pen), (states, actions) = _scan(
             step, init, (noise, seq), cfg.unroll
         )
-        a_h = act_fn(s_h)
+        a_h = terminal_fn(s_h)
         ret = ret + disc * alive * agent.critic(models["critic"], s_h, a_h)
         states = jnp.concatenate([states, s_h[None]], 0)
         actions = jnp.concatenate([actions, a_h[None]], 0)
         return ret, {"states": states, "actions": actions, "penalty": lam * pen}
 
-    def imagine(act_fn: Callable, models: dict, s0: jax.Array, noise: jax.Array, seq=None):
-        axes = (None, None, None, 0, None if seq is None else 0)
-        return jax.vmap(one, in_axes=axes)(act_fn, models, s0, noise, seq)
+    def imagine(act_fn: Callable, models: dict, s0, noise, seq=None, terminal_fn=None):
+        axes = (None, None, None, None, 0, None if seq is None else 0)
+        terminal_fn = act_fn if terminal_fn is None else terminal_fn
+        return jax.vmap(one, in_axes=axes)(act_fn, terminal_fn, models, s0, noise, seq)
 
     return imagine
 
@@ -296,10 +308,12 @@ def make_mpc_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callabl
         del carry  # the start point arrives as psi_start (the wrapper chooses it)
         noise = jax.random.normal(key, (M, H, *world.noise_shape), obs.dtype)
         train0, frozen, treedef = split(psi_start)
+        pi0 = lambda s: agent.act(psi0, s)  # noqa: E731
+        terminal = pi0 if cfg.terminal_action == "pretrained" else None
 
         def objective(train):
             psi = merge(train, frozen, treedef)
-            returns, aux = imagine(lambda s: agent.act(psi, s), models, obs, noise)
+            returns, aux = imagine(lambda s: agent.act(psi, s), models, obs, noise, None, terminal)
             value = returns.mean() - aux["penalty"].mean()
             if cfg.trust_region > 0:
                 # Pretrained actions at the states the adapted policy visits (no gradient
@@ -321,7 +335,8 @@ def make_mpc_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callabl
             adapt_step, (train0, tx.init(train0)), None, length=cfg.adapt_steps
         )
         psi = merge(train, frozen, treedef)
-        ret_after = imagine(lambda s: agent.act(psi, s), models, obs, noise)[0].mean()
+        ret_after = imagine(lambda s: agent.act(psi, s), models, obs, noise, None, terminal)[0]
+        ret_after = ret_after.mean()
         a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
         a = agent.act(psi, obs)
         ok = _all_finite(train) & jnp.all(jnp.isfinite(rets)) & jnp.isfinite(ret_after)
