@@ -27,7 +27,7 @@ import numpy as np
 
 from mpcdwm.mpc import MPCConfig
 from mpcdwm.pipeline import RunConfig, run
-from mpcdwm.report import ReportConfig, find_eval_files, load_rows, report
+from mpcdwm.report import ReportConfig, load_rows, report
 
 
 def gains_table(rows) -> str:
@@ -99,7 +99,7 @@ def main() -> None:
         lr=args.lr,
     )
     t0 = time.perf_counter()
-    run_dirs = []
+    eval_files: list[Path] = []
     for dataset in args.datasets:
         for seed in args.seeds:
             out = args.out / Path(dataset).name / f"seed{seed}"
@@ -119,9 +119,11 @@ def main() -> None:
                     progress=args.progress,
                 )
             )
-            run_dirs.append(out)
-    report_md = report(ReportConfig(runs=tuple(run_dirs), out=args.out / "report"))
-    rows = [r for f in find_eval_files(tuple(run_dirs)) for r in load_rows(f)]
+            # Only the run's own evaluation: other eval.json files may sit below the run
+            # (e.g. benchmarks/bench_planner_options.py writes RUN/planner_options/*).
+            eval_files.append(out / "eval" / "eval.json")
+    report_md = report(ReportConfig(runs=tuple(eval_files), out=args.out / "report"))
+    rows = [r for f in eval_files for r in load_rows(f)]
     mpc_cfg = json.dumps(dataclasses.asdict(mpc))
     print(f"# bench_scores  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
     wall = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -80,7 +81,21 @@ def test_rerun_skips_finished_stages_and_redoes_missing_ones(finished_run, tiny_
     err = capfd.readouterr().err
     assert err.count("skipped") == 2  # agent and world model
     assert agent_ckpt.stat().st_mtime_ns == before
-    assert (finished_run / "eval" / "eval.json").is_file()
+    eval_json = finished_run / "eval" / "eval.json"
+    assert eval_json.is_file()
+
+    # An eval.json written before a config field existed (here the planner's terminal_action,
+    # at its default) and a changed display option still count as done ...
+    data = json.loads(eval_json.read_text())
+    del data["config"]["mpc"]["terminal_action"]
+    eval_json.write_text(json.dumps(data))
+    cfg = _tiny_run(tiny_dataset, finished_run)
+    run(dataclasses.replace(cfg, progress=not cfg.progress))
+    assert capfd.readouterr().err.count("skipped") == 3
+    # ... but a real change of the evaluation re-runs it.
+    run(dataclasses.replace(cfg, mpc=dataclasses.replace(cfg.mpc, terminal_action="pretrained")))
+    assert capfd.readouterr().err.count("skipped") == 2
+    assert json.loads(eval_json.read_text())["config"]["mpc"]["terminal_action"] == "pretrained"
 
 
 def test_killed_run_resumes(tiny_dataset, tmp_path):

@@ -139,6 +139,34 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
+def _matches(stored: Any, current: Any, default: Any) -> bool:
+    """``stored == current``, except that a key missing from a stored mapping matches when the
+    current value is the field's default (a config written before that field existed)."""
+    if not isinstance(current, dict):
+        return stored == current
+    if not isinstance(stored, dict) or not set(stored) <= set(current):
+        return False
+    default = default if isinstance(default, dict) else {}
+    return all(
+        _matches(stored[k], v, default.get(k))
+        if k in stored
+        else (k in default and default[k] == v)
+        for k, v in current.items()
+    )
+
+
+def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
+    """Whether an existing eval.json was made with ``cfg`` (an EvaluateConfig); display
+    options (``progress``) do not count."""
+    stored = dict(eval_data.get("config") or {})
+    current = _to_plain(cfg)
+    default = _to_plain(type(cfg)(agent=cfg.agent))
+    for key in ("progress",):
+        stored.pop(key, None)
+        current.pop(key, None)
+    return _matches(stored, current, default)
+
+
 def run(cfg: RunConfig) -> Path:
     """Run (or resume) every stage; returns the run directory."""
     from mpcdwm.agents import TrainAgentConfig, train_agent
@@ -216,9 +244,7 @@ def run(cfg: RunConfig) -> Path:
         max_steps=cfg.max_episode_steps,
         progress=cfg.progress,
     )
-    if eval_json.exists() and json.loads(eval_json.read_text()).get("config") == _to_plain(
-        eval_cfg
-    ):
+    if eval_json.exists() and _same_eval_config(json.loads(eval_json.read_text()), eval_cfg):
         console.print(f"done already ({eval_json}); skipped")
     else:
         evaluate(eval_cfg)
