@@ -125,3 +125,11 @@ def test_rebrac_on_pointmaze_umaze_beats_random(tmp_path):
             rand += r / 20
             done = term or trunc
     assert success > rand + 0.3, (success, rand)
+
+
+def test_pointmaze_dataset_relative_out_lands_in_the_working_directory(tmp_path, monkeypatch):
+    """A relative folder is written below the cwd (Minari would join it to its own root)."""
+    monkeypatch.chdir(tmp_path)
+    path = write_pointmaze_dataset("PointMaze_UMaze-v3", episodes=2, seed=5, out="rel/d")
+    assert path == str(tmp_path / "rel" / "d") and (tmp_path / "rel" / "d" / "data").is_dir()
+    assert load_dataset(path).observations.shape[1] == 8

@@ -688,7 +688,7 @@ def write_minari(
     out: Path | None = None,
     overwrite: bool = False,
 ) -> str:
-    """Write ``data`` as Minari dataset ``dataset_id``; returns the id, or ``out`` as a string.
+    """Write ``data`` as Minari dataset ``dataset_id``; returns the id, or the absolute ``out``.
 
     The dataset is built in a staging folder and moved into place, so a killed
     write never leaves half a dataset under the final name.
@@ -696,7 +696,8 @@ def write_minari(
     import minari
     from minari.storage import get_dataset_path
 
-    target = Path(out) if out is not None else get_dataset_path(dataset_id)
+    # Absolute: Minari resolves a relative folder against its own root (MINARI_DATASETS_PATH).
+    target = Path(out).resolve() if out is not None else get_dataset_path(dataset_id)
     if target.exists():
         if not overwrite:
             raise FileExistsError(
@@ -728,7 +729,7 @@ def write_minari(
     finally:
         env.close()
         shutil.rmtree(stage, ignore_errors=True)
-    return str(out) if out is not None else dataset_id
+    return str(target) if out is not None else dataset_id
 
 
 # ------------------------------------------------------------------------ the command
@@ -740,9 +741,6 @@ def collect(cfg: CollectConfig) -> str:
     Returns the Minari dataset id (or the folder ``cfg.out``), loadable with
     :func:`mpcdwm.data.load_dataset`.
     """
-    if cfg.out is not None:
-        # Minari resolves a relative folder against its own root: pass it absolute.
-        cfg = dataclasses.replace(cfg, out=cfg.out.resolve())
     if "PointMaze" in cfg.env:
         from mpcdwm import maze  # the maze controller replaces the online TD3 recipes
 
