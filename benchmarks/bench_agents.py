@@ -22,6 +22,7 @@ stubbed here, and ``jax.tree_map`` (removed from recent JAX) is aliased to
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import platform
 import statistics
@@ -82,6 +83,7 @@ def bench_ours(agent: str, batch_size: int, chunk: int, repeats: int, data) -> d
             "rate": rate, "rates": rates}  # fmt: skip
 
 
+@functools.cache  # once per path: the stubs below cannot be installed twice
 def _load_corl(path: str) -> types.ModuleType:
     """Import CORL's rebrac.py with its training-only dependencies stubbed."""
     for name in ("d4rl", "gym", "wandb"):

@@ -64,8 +64,11 @@ class MPCConfig:
     """H: imagined steps before the terminal critic."""
     gamma: float | None = None
     """Discount of the surrogate return (None = the agent's)."""
-    lr: float = 3e-4
-    """Learning rate of the policy-parameter optimiser (0 = act exactly as the base policy)."""
+    lr: float = 3e-5
+    """Learning rate of the policy-parameter optimiser (0 = act exactly as the base policy).
+    With Adam every weight moves by about ``lr`` per step whatever the gradient's size, so
+    small values matter: 3e-4 moved Hopper's actions by ~0.7 and made it fall (BENCHMARKS.md,
+    planner options); 3e-5 kept the change near 0.07."""
     optimizer: Literal["adam", "sgd"] = "adam"
     """Optimiser of the adaptation (its state is reset at every real step)."""
     warm_start: bool = False
