@@ -78,7 +78,7 @@ class DemoConfig:
     here, its hopper falls at once). ``mpcdwm run`` defaults to ReBRAC."""
     agent_steps: int = 10_000
     agent_batch_size: int = 256
-    """Smaller than ReBRAC's MuJoCo preset (1024): ~4x cheaper per step on a laptop CPU."""
+    """TD3+BC's own batch; for ReBRAC, 4x smaller (and cheaper per step) than its MuJoCo preset."""
     world_model_steps: int = 10_000
     episodes: int = 3
     progress: bool = True
