@@ -3,7 +3,8 @@
 Collects a PointMaze dataset with the BFS waypoint controller (``mpcdwm.maze``), trains
 ReBRAC (actor BC weight ``--actor-bc-coef``: the MuJoCo default gets no successes here)
 and a diffusion world model on it, then evaluates the base policy and the planners in
-the real env. Everything lands in ``OUT`` and resumes like ``mpcdwm run``.
+the real env. Everything lands in ``OUT``; a re-run keeps the dataset and resumes the
+training stages from their checkpoints (the evaluation runs again).
 
     python benchmarks/bench_maze.py --env PointMaze_UMaze-v3 --episodes 20
 """

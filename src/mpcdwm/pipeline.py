@@ -165,9 +165,8 @@ def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
     stored = dict(eval_data.get("config") or {})
     current = _to_plain(cfg)
     default = _to_plain(type(cfg)(agent=cfg.agent))
-    for key in ("progress",):
-        stored.pop(key, None)
-        current.pop(key, None)
+    stored.pop("progress", None)
+    current.pop("progress", None)
     return _matches(stored, current, default)
 
 
