@@ -520,9 +520,8 @@ def _load_minari(
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     stored = ds.storage.metadata
     metadata = {"source": "minari", "path": str(spec.data_path)}
-    for key in ("mpcdwm_command", "mpcdwm_seed", "mpcdwm_recipe"):
-        if key in stored:
-            metadata[key] = stored[key]
+    # What collect recorded about how the data was made (command, seed, medium point, ...).
+    metadata.update({k: v for k, v in stored.items() if k.startswith("mpcdwm_")})
     meta_min, meta_max = stored.get("ref_min_score"), stored.get("ref_max_score")
     return make_dataset(
         arrays,

@@ -1,0 +1,156 @@
+"""Make the D4RL-style locomotion datasets this project evaluates on, with one command.
+
+For each env (HalfCheetah-v5, Hopper-v5, Walker2d-v5) and recipe, in this order:
+
+* ``medium``: online TD3 (``mpcdwm collect``) trained until its deterministic evaluation
+  return first reaches 1/3 of D4RL's expert reference (D4RL's medium point), then
+  ``--medium-steps`` transitions recorded from that policy with action noise 0.1;
+* ``medium-replay``: the TD3 replay buffer up to that point (reuses the cached agent);
+* ``expert`` / ``medium-expert`` (only with ``--expert``): TD3 trained on to
+  ``--expert-train-steps`` env steps (resumable), then recorded.
+
+Datasets land in ``OUT/<env>-<recipe>-v0`` (Minari folders). A dataset whose folder already
+exists is skipped, so the command resumes; the online agent resumes from its checkpoint in
+``$MPCDWM_CACHE`` (default ~/.cache/mpcdwm). Per dataset, a summary (transitions, episodes,
+normalized return, the TD3 step of the medium point, wall time, load average) goes to
+``benchmarks/results/datasets/<name>.json`` and all of them to ``datasets.md``.
+
+    python benchmarks/make_datasets.py                       # medium + medium-replay, 3 envs
+    python benchmarks/make_datasets.py --expert --expert-train-steps 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from mpcdwm.collect import CollectConfig, collect
+from mpcdwm.data import load_dataset
+
+ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
+RESULTS = Path(__file__).resolve().parent / "results" / "datasets"
+# D4RL v2 datasets of the same name (normalized mean return of their episodes), for reference.
+D4RL_REFERENCE = {
+    "halfcheetah-medium": 40.7,
+    "hopper-medium": 44.3,
+    "walker2d-medium": 62.1,
+    "halfcheetah-medium-replay": 27.2,
+    "hopper-medium-replay": 14.9,
+    "walker2d-medium-replay": 14.8,
+    "halfcheetah-medium-expert": 64.3,
+    "hopper-medium-expert": 64.7,
+    "walker2d-medium-expert": 82.7,
+    "halfcheetah-expert": 88.1,
+    "hopper-expert": 108.5,
+    "walker2d-expert": 106.7,
+}
+
+
+def family(env: str) -> str:
+    return env.split("-v")[0].lower()
+
+
+def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig) -> dict:
+    ds = load_dataset(str(path))
+    returns = ds.episode_returns()
+    meta = ds.metadata
+    row = {
+        "name": name,
+        "env": cfg.env,
+        "recipe": cfg.recipe,
+        "seed": cfg.seed,
+        "transitions": int(len(ds.rewards)),
+        "episodes": int(len(returns)),
+        "mean_return": float(np.mean(returns)),
+        "mean_normalized": float(np.mean(ds.normalized_score(returns))),
+        "d4rl_reference_normalized": D4RL_REFERENCE.get(name),
+        "wall_s": round(seconds, 1),
+        "load_avg_1m_at_end": os.getloadavg()[0],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "command": " ".join(["python benchmarks/make_datasets.py"]),
+    }
+    for key in (
+        "mpcdwm_medium_env_steps",
+        "mpcdwm_medium_return",
+        "mpcdwm_medium_reached",
+        "mpcdwm_agent_env_steps",
+        "mpcdwm_expert_return",
+        "mpcdwm_command",
+    ):
+        if key in meta:
+            row[key.removeprefix("mpcdwm_")] = meta[key]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| dataset | transitions | episodes | mean return | normalized | D4RL's (ref.) "
+        "| TD3 steps at medium point | wall time | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref = r.get("d4rl_reference_normalized")
+        lines.append(
+            f"| {r['name']} | {r['transitions']:,} | {r['episodes']:,} | {r['mean_return']:.1f} "
+            f"| {r['mean_normalized']:.1f} | {'-' if ref is None else ref} "
+            f"| {r.get('medium_env_steps', '-')} | {r['wall_s'] / 60:.1f} min "
+            f"| {r['load_avg_1m_at_end']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("data"))
+    p.add_argument("--envs", nargs="+", default=list(ENVS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--medium-steps", type=int, default=1_000_000)
+    p.add_argument("--train-steps", type=int, default=500_000, help="TD3 cap for medium")
+    p.add_argument("--expert", action="store_true", help="also expert and medium-expert")
+    p.add_argument("--expert-train-steps", type=int, default=1_000_000)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args()
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    recipes = ["medium", "medium-replay"] + (["expert", "medium-expert"] if args.expert else [])
+    for recipe in recipes:
+        for env in args.envs:
+            name = f"{family(env)}-{recipe}"
+            folder = (args.out / f"{name}-v0").resolve()
+            summary = RESULTS / f"{name}.json"
+            expertish = recipe in ("expert", "medium-expert")
+            cfg = CollectConfig(
+                env=env,
+                recipe=recipe,
+                steps=args.medium_steps,
+                seed=args.seed,
+                dataset_id=f"mpcdwm/{name}-seed{args.seed}-v0",
+                out=folder,
+                train_steps=args.expert_train_steps if expertish else args.train_steps,
+                progress=not args.no_progress,
+            )
+            if folder.exists():
+                print(f"[make_datasets] {folder} exists, skipped", flush=True)
+                if not summary.exists():
+                    summary.write_text(json.dumps(summarize(folder, name, 0.0, cfg), indent=1))
+                continue
+            t0 = time.perf_counter()
+            collect(cfg)
+            row = summarize(folder, name, time.perf_counter() - t0, cfg)
+            summary.write_text(json.dumps(row, indent=1) + "\n")
+            print(f"[make_datasets] {json.dumps(row)}", flush=True)
+    rows = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
+    (RESULTS / "datasets.md").write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
