@@ -8,6 +8,7 @@ normalisation happens in one place. Parameters are ordinary Flax pytrees and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -17,12 +18,32 @@ import jax.numpy as jnp
 Activation = Callable[[jax.Array], jax.Array]
 
 
+def uniform_init(bound: float) -> nn.initializers.Initializer:
+    """Uniform in ``[-bound, bound]`` whatever the shape."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_default_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """PyTorch's ``nn.Linear`` weight init: uniform in ``+-1/sqrt(fan_in)`` (kernel ``(in, out)``)."""
+    return uniform_init(1.0 / math.sqrt(shape[0]))(key, shape, dtype)
+
+
 class MLP(nn.Module):
     """Fully connected network ``(..., in) -> (..., out_dim)``.
 
-    ``layer_norm`` puts a LayerNorm after every hidden Dense (as ReBRAC's critic
-    does); ``final_scale`` shrinks the last layer's initial weights, which keeps
+    ``layer_norm`` adds a LayerNorm to every hidden layer: before the activation by
+    default, after it with ``norm_after_activation`` (CORL's ReBRAC: Dense, ReLU,
+    LayerNorm). ``final_scale`` shrinks the last layer's initial weights, which keeps
     fresh actors and denoisers close to zero output.
+
+    ``torch_init`` initialises as CORL's JAX ReBRAC does (to match its published
+    numbers): hidden kernels uniform in ``+-1/sqrt(fan_in)`` with biases 0.1, and the
+    last layer's kernel and bias uniform in ``+-final_bound`` (``final_scale`` unused).
+    Otherwise Flax's defaults (LeCun-normal kernels, zero biases).
     """
 
     hidden_dims: Sequence[int]
@@ -30,16 +51,27 @@ class MLP(nn.Module):
     layer_norm: bool = False
     activation: Activation = nn.relu
     final_scale: float = 1.0
+    norm_after_activation: bool = False
+    torch_init: bool = False
+    final_bound: float = 1e-3
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.torch_init:
+            hidden = {"kernel_init": torch_default_init, "bias_init": nn.initializers.constant(0.1)}
+            bound = uniform_init(self.final_bound)
+            final = {"kernel_init": bound, "bias_init": bound}
+        else:
+            scaled = nn.initializers.variance_scaling(self.final_scale, "fan_in", "uniform")
+            hidden, final = {}, {"kernel_init": scaled}
         for width in self.hidden_dims:
-            x = nn.Dense(width)(x)
-            if self.layer_norm:
+            x = nn.Dense(width, **hidden)(x)
+            if self.layer_norm and not self.norm_after_activation:
                 x = nn.LayerNorm()(x)
             x = self.activation(x)
-        init = nn.initializers.variance_scaling(self.final_scale, "fan_in", "uniform")
-        return nn.Dense(self.out_dim, kernel_init=init)(x)
+            if self.layer_norm and self.norm_after_activation:
+                x = nn.LayerNorm()(x)
+        return nn.Dense(self.out_dim, **final)(x)
 
 
 class Ensemble(nn.Module):
@@ -54,6 +86,9 @@ class Ensemble(nn.Module):
     out_dim: int
     layer_norm: bool = False
     activation: Activation = nn.relu
+    norm_after_activation: bool = False
+    torch_init: bool = False
+    final_bound: float = 1e-3
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,7 +100,16 @@ class Ensemble(nn.Module):
             out_axes=0,
             axis_size=self.size,
         )
-        return batched(self.hidden_dims, self.out_dim, self.layer_norm, self.activation)(x)
+        member = batched(
+            self.hidden_dims,
+            self.out_dim,
+            self.layer_norm,
+            self.activation,
+            norm_after_activation=self.norm_after_activation,
+            torch_init=self.torch_init,
+            final_bound=self.final_bound,
+        )
+        return member(x)
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

@@ -21,7 +21,7 @@ the TD3+BC paper's Table 3 and the TD3 paper.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,13 @@ class ReBRACConfig:
     critic_layer_norm: bool = True
     """LayerNorm after every hidden layer of the critics (ReBRAC's key trick)."""
     actor_final_scale: float = 1e-2
-    """Initial scale of the actor's last layer (a fresh actor outputs near-zero actions)."""
+    """Initial scale of the actor's last layer (a fresh actor outputs near-zero actions);
+    used by the ``flax`` network only."""
+    network: Literal["corl", "flax"] = "corl"
+    """``corl``: CORL's ReBRAC networks (Dense, ReLU, then LayerNorm; PyTorch-style
+    fan-in uniform kernels, biases 0.1, last layers uniform in +-1e-3 (actor) and
+    +-3e-3 (critics)). ``flax``: LayerNorm before the ReLU and Flax's default init (what
+    mpcdwm used before; TD3+BC and the online TD3 of ``collect`` keep it)."""
     batch_size: int = 1024
     """Batch size (ReBRAC: 1024 on MuJoCo, 256 on AntMaze; TD3+BC/TD3: 256)."""
     normalize_obs: bool = False
@@ -202,6 +208,7 @@ def td3bc_config(alpha: float = 2.5, **overrides: Any) -> ReBRACConfig:
         actor_final_scale=1.0,
         batch_size=256,
         normalize_obs=True,
+        network="flax",
     )
     return dataclasses.replace(cfg, **overrides)
 
@@ -218,6 +225,7 @@ def td3_config(**overrides: Any) -> ReBRACConfig:
         critic_layer_norm=False,
         actor_final_scale=1.0,
         batch_size=256,
+        network="flax",
     )
     return dataclasses.replace(cfg, **overrides)
 
@@ -235,17 +243,30 @@ class TrainState:
     step: jax.Array
 
 
+def _corl_style(config: ReBRACConfig, final_bound: float) -> dict[str, Any]:
+    if config.network == "flax":
+        return {}
+    return {"norm_after_activation": True, "torch_init": True, "final_bound": final_bound}
+
+
 def _actor_net(config: ReBRACConfig, act_dim: int) -> MLP:
     return MLP(
         config.hidden_dims,
         act_dim,
         layer_norm=config.actor_layer_norm,
         final_scale=config.actor_final_scale,
+        **_corl_style(config, final_bound=1e-3),
     )
 
 
 def _critic_net(config: ReBRACConfig) -> Ensemble:
-    return Ensemble(2, config.hidden_dims, 1, layer_norm=config.critic_layer_norm)
+    return Ensemble(
+        2,
+        config.hidden_dims,
+        1,
+        layer_norm=config.critic_layer_norm,
+        **_corl_style(config, final_bound=3e-3),
+    )
 
 
 def _optimizers(config: ReBRACConfig) -> tuple[optax.GradientTransformation, ...]:
@@ -263,6 +284,8 @@ def init(config: ReBRACConfig, key: jax.Array, obs_dim: int, act_dim: int) -> Tr
     """Fresh actor, twin critics, their targets and Adam states."""
     if config.policy_freq < 1:
         raise ValueError(f"policy_freq must be >= 1, got {config.policy_freq}.")
+    if config.network not in ("corl", "flax"):
+        raise ValueError(f"network must be 'corl' or 'flax', got {config.network!r}.")
     actor_key, critic_key = jax.random.split(key)
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)

@@ -1,0 +1,46 @@
+"""The shared MLP: CORL-style ReBRAC networks (LayerNorm after ReLU, PyTorch-style init)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpcdwm.agents import rebrac
+from mpcdwm.nets import MLP
+
+
+def test_torch_init_matches_corl_bounds_and_biases():
+    net = MLP((64, 64), 3, layer_norm=True, norm_after_activation=True, torch_init=True)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 17)))["params"]
+    k0 = np.asarray(params["Dense_0"]["kernel"])
+    # Uniform in +-1/sqrt(fan_in): the bound is respected and nearly reached.
+    assert np.abs(k0).max() <= 1 / np.sqrt(17) and np.abs(k0).max() > 0.9 / np.sqrt(17)
+    np.testing.assert_allclose(params["Dense_1"]["bias"], 0.1)
+    assert np.abs(np.asarray(params["Dense_2"]["kernel"])).max() <= 1e-3
+    assert np.abs(np.asarray(params["Dense_2"]["bias"])).max() <= 1e-3
+
+
+def test_layer_norm_after_activation_changes_the_function():
+    x = jax.random.normal(jax.random.key(1), (8, 5))
+    before = MLP((16,), 2, layer_norm=True)
+    after = MLP((16,), 2, layer_norm=True, norm_after_activation=True)
+    params = before.init(jax.random.key(2), x)  # same parameter tree for both orders
+    h = jax.nn.relu(x @ params["params"]["Dense_0"]["kernel"] + params["params"]["Dense_0"]["bias"])
+    mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+    ln = params["params"]["LayerNorm_0"]
+    h = (h - mu) / jnp.sqrt(var + 1e-6) * ln["scale"] + ln["bias"]
+    expect = h @ params["params"]["Dense_1"]["kernel"] + params["params"]["Dense_1"]["bias"]
+    np.testing.assert_allclose(after.apply(params, x), expect, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(before.apply(params, x), expect, atol=1e-3)
+
+
+def test_rebrac_uses_corl_networks_and_td3_keeps_flax():
+    obs_dim, act_dim = 11, 3
+    state = rebrac.init(rebrac.rebrac_config(), jax.random.key(0), obs_dim, act_dim)
+    critic = state.critic["params"]["VmapMLP_0"]
+    np.testing.assert_allclose(critic["Dense_0"]["bias"], 0.1)
+    assert np.abs(np.asarray(critic["Dense_3"]["kernel"])).max() <= 3e-3
+    # A fresh ReBRAC actor outputs near-zero actions (last layer +-1e-3).
+    a = rebrac.act(rebrac.rebrac_config(), state.actor, jnp.ones((4, obs_dim)))
+    assert np.abs(np.asarray(a)).max() < 0.05
+    td3 = rebrac.init(rebrac.td3_config(), jax.random.key(0), obs_dim, act_dim)
+    np.testing.assert_allclose(td3.actor["params"]["Dense_0"]["bias"], 0.0)
