@@ -28,7 +28,7 @@ def uniform_init(bound: float) -> nn.initializers.Initializer:
 
 
 def torch_default_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
-    """PyTorch's ``nn.Linear`` weight init: uniform in ``+-1/sqrt(fan_in)`` (kernel ``(in, out)``)."""
+    """PyTorch's ``nn.Linear`` weight init: uniform in ``+-1/sqrt(fan_in)``, kernel (in, out)."""
     return uniform_init(1.0 / math.sqrt(shape[0]))(key, shape, dtype)
 
 
