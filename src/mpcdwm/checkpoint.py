@@ -9,7 +9,10 @@ models) is saved here and only here. A checkpoint holds
 
 The file is written to a temporary name in the same folder, fsynced and renamed,
 so a killed process leaves either the old checkpoint or the new one, never half
-of one. A SHA-256 over the payload catches truncated or corrupted files.
+of one. A SHA-256 over the payload catches truncated or corrupted files. A kill
+during the write leaves its temporary (``.NAME.XXXXXXXX.tmp``) behind; the next
+save of the same checkpoint removes such leftovers (see
+:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,23 @@ from flax import serialization
 
 MAGIC = b"MPCDWM-CKPT-1\n"
 _DIGEST = 32
+# tempfile.mkstemp names: prefix, 8 characters of this alphabet, suffix (CPython's
+# _RandomNameSequence). Only files of exactly this shape are ever deleted.
+_TMP_RANDOM = r"[a-z0-9_]{8}"
+
+
+def _process_start() -> float:
+    """Wall-clock time this process started (a temporary older than that is not ours)."""
+    try:
+        import psutil  # optional; the start time the OS recorded
+
+        return psutil.Process().create_time()
+    except Exception:
+        # Without psutil: the import time of this module, a moment after the start.
+        return time.time()
+
+
+_PROCESS_START = _process_start()
 
 
 class CheckpointError(RuntimeError):
@@ -34,9 +56,14 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> Path:
-    """Atomically write ``state`` (a pytree) and ``meta`` (JSON-able) to ``path``."""
+    """Atomically write ``state`` (a pytree) and ``meta`` (JSON-able) to ``path``.
+
+    Also removes temporaries of earlier, killed writes of ``path`` (see
+    :func:`remove_stale_temporaries`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     state = jax.tree_util.tree_map(_key_to_data, state)
     state_dict = serialization.to_state_dict(jax.device_get(state))
     payload = serialization.msgpack_serialize(
@@ -53,7 +80,35 @@ def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete leftovers of killed writes of checkpoint ``path``; returns what was deleted.
+
+    Only files named like :func:`save_checkpoint`'s temporaries for this very
+    checkpoint name (``.NAME.XXXXXXXX.tmp`` in its folder) and last modified
+    before this process started are touched: a write in progress elsewhere
+    (started after us) or any other file is never removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TMP_RANDOM}\.tmp")
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in candidates:
+        if not pattern.fullmatch(p.name):
+            continue
+        try:
+            if p.is_file() and not p.is_symlink() and p.stat().st_mtime < _PROCESS_START:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # removed meanwhile by someone else: fine
+            continue
+    return removed
 
 
 def load_checkpoint(
@@ -105,6 +160,20 @@ def load_checkpoint(
         _check_shapes(path, plain_target, state)
         state = jax.tree_util.tree_map(_restore_key, target, state)
     return state, meta
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename itself durable (a power cut right after could otherwise undo it).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _is_key(x: Any) -> bool:
