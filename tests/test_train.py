@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +15,7 @@ import pytest
 
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mpcdwm.nets import MLP
-from mpcdwm.train import fit
+from mpcdwm.train import RunLogError, fit
 
 NET = MLP((16, 16), 1)
 OPT = optax.adam(1e-2)
@@ -42,6 +45,7 @@ def data():
 
 
 def _fit(data, out_dir, steps, update=_update, **kw):
+    kw = {"chunk": 100, "checkpoint_every": 100, **kw}
     return fit(
         name="toy",
         update=update,
@@ -52,11 +56,21 @@ def _fit(data, out_dir, steps, update=_update, **kw):
         batch_size=32,
         out_dir=out_dir,
         meta={"config": {"lr": 1e-2}},
-        chunk=100,
-        checkpoint_every=100,
         progress=False,
         **kw,
     )
+
+
+def _updates_done(state) -> int:
+    return int(state["opt"][0].count)  # Adam's own counter: one per applied update
+
+
+def _logged(out_dir) -> list[dict]:
+    return [json.loads(ln) for ln in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _ckpt_meta(out_dir) -> dict:
+    return load_checkpoint(out_dir / "checkpoint.ckpt")[1]
 
 
 def test_fit_learns_and_resume_is_bit_exact(tmp_path, data):
@@ -77,6 +91,126 @@ def test_fit_learns_and_resume_is_bit_exact(tmp_path, data):
         for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps_logged == [100, 200, 300, 400]
+
+
+@pytest.mark.parametrize(
+    ("first", "first_chunk", "target", "chunk"),
+    [
+        (300, 100, 600, 1000),  # was: TypeError ('NoneType' object is not callable)
+        (250, 200, 420, 200),  # was: trained to 430, final checkpoint never written
+        (100, 100, 250, 100),  # target not a multiple of the chunk
+        (250, 100, 330, 100),  # remainder smaller than one chunk
+        (200, 100, 450, 150),  # chunk changed between runs
+    ],
+)
+def test_continuing_to_any_target_ends_exactly_there(
+    tmp_path, data, first, first_chunk, target, chunk
+):
+    _fit(data, tmp_path, first, chunk=first_chunk)
+    state, _ = _fit(data, tmp_path, target, chunk=chunk)
+    assert _updates_done(state) == target
+    meta = _ckpt_meta(tmp_path)
+    assert (meta["step"], meta["done"]) == (target, True)
+    restored, _ = load_checkpoint(
+        tmp_path / "checkpoint.ckpt",
+        {"train": _state(), "key": jax.random.key(0), "step": np.int64(0)},
+    )
+    assert _updates_done(restored["train"]) == target
+    steps = [r["step"] for r in _logged(tmp_path)]
+    assert steps == sorted(set(steps)) and steps[-1] == target
+
+
+def test_fewer_steps_than_done_trains_nothing_and_changes_nothing(tmp_path, data, capsys):
+    done, _ = _fit(data, tmp_path, 300)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    state, _ = _fit(data, tmp_path, 200)
+    assert "already at step 300; 200 steps asked, nothing to train" in capsys.readouterr().err
+    assert _updates_done(state) == 300
+    for a, b in zip(jax.tree_util.tree_leaves(done), jax.tree_util.tree_leaves(state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_one_compile_per_chunk_size(tmp_path, data):
+    traces = []
+
+    def counting(state, batch, key):
+        traces.append(1)  # runs once per trace, not per update
+        return _update(state, batch, key)
+
+    _fit(data, tmp_path, 250, update=counting)  # chunks of 100, 100, 50
+    assert len(traces) == 2
+    traces.clear()
+    _fit(data, tmp_path, 250, update=counting)  # nothing left: nothing compiled
+    assert traces == []
+
+
+def test_time_based_checkpoint_bounds_the_loss_of_a_kill(tmp_path, data):
+    class Killed(Exception):
+        pass
+
+    def kill_at(step):
+        def eval_fn(state):
+            if _updates_done(state) >= step:
+                raise Killed  # as if killed right after this chunk, before its checkpoint
+            return {}
+
+        return eval_fn
+
+    kw = {"checkpoint_every": 10_000, "eval_every": 100}
+    # Step-based only (the old behaviour): killed at step 500 of 800, nothing saved.
+    with pytest.raises(Killed):
+        _fit(data, tmp_path / "steps", 800, eval_fn=kill_at(500), **kw)
+    assert not (tmp_path / "steps" / "checkpoint.ckpt").exists()
+    # With a time budget of ~0 every chunk is saved: only the killed chunk is lost.
+    with pytest.raises(Killed):
+        _fit(data, tmp_path / "time", 800, eval_fn=kill_at(500), checkpoint_minutes=0, **kw)
+    meta = _ckpt_meta(tmp_path / "time")
+    assert (meta["step"], meta["done"]) == (400, False)
+    # And the resumed run still ends bit-for-bit where an uninterrupted one ends.
+    resumed, _ = _fit(data, tmp_path / "time", 800, **kw)
+    full, _ = _fit(data, tmp_path / "full", 800, **kw)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_eval_results_only_on_the_lines_where_they_ran(tmp_path, data):
+    calls = []
+
+    def eval_fn(state):
+        calls.append(_updates_done(state))
+        return {"eval_score": float(len(calls))}
+
+    _, last = _fit(data, tmp_path, 500, eval_fn=eval_fn, eval_every=200)
+    assert calls == [200, 400, 500]
+    lines = _logged(tmp_path)
+    assert [r["step"] for r in lines if "eval_score" in r] == calls
+    assert all("loss" in r for r in lines)
+    assert last["eval_score"] == 3.0 and "loss" in last
+    assert _ckpt_meta(tmp_path)["last"]["eval_score"] == 3.0
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, data, capsys):
+    _fit(data, tmp_path, 200)
+    log = tmp_path / "metrics.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 300, "lo')  # killed mid-write
+    _fit(data, tmp_path, 300)
+    err = capsys.readouterr().err
+    assert f"warning: {log}: dropped its cut last line" in err
+    assert [r["step"] for r in _logged(tmp_path)] == [100, 200, 300]
+
+
+def test_damaged_metrics_line_before_the_end_is_an_error(tmp_path, data):
+    _fit(data, tmp_path, 200)
+    log = tmp_path / "metrics.jsonl"
+    first, second = log.read_text().splitlines()
+    log.write_text(f"{first}\n{{garbage\n{second}\n")
+    with pytest.raises(RunLogError, match=r"metrics\.jsonl, line 2: .*delete that line"):
+        _fit(data, tmp_path, 300)
+    assert log.read_text() == f"{first}\n{{garbage\n{second}\n"  # left for the user to fix
 
 
 def test_resume_with_other_config_is_refused(tmp_path, data):
@@ -147,3 +281,23 @@ def test_checkpoint_roundtrip_and_damage(tmp_path):
                 "step": np.int64(0),
             },
         )
+
+
+def test_save_removes_only_stale_temporaries_of_that_checkpoint(tmp_path):
+    old = time.time() - 3600
+    stale = tmp_path / ".a.ckpt.x1y2_z3w.tmp"  # left by a killed write of a.ckpt
+    others = [
+        tmp_path / ".b.ckpt.x1y2_z3w.tmp",  # another checkpoint's
+        tmp_path / ".a.ckpt.toolongname.tmp",  # not a mkstemp name
+        tmp_path / "a.ckpt.x1y2_z3w.tmp",  # not hidden
+        tmp_path / "notes.tmp",
+    ]
+    fresh = tmp_path / ".a.ckpt.abcdefgh.tmp"  # a write newer than this process: not ours
+    for p in [stale, *others, fresh]:
+        p.write_bytes(b"x")
+        os.utime(p, (old, old))
+    os.utime(fresh, None)
+    save_checkpoint(tmp_path / "a.ckpt", {"x": np.zeros(2)}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a.ckpt", fresh.name, *(p.name for p in others)]
+    )
