@@ -1,16 +1,44 @@
-"""Reports: one table and a few plots from any number of run directories.
+"""Reports: score tables with bootstrap CIs, paired gains and a few plots from run directories.
 
-``mpcdwm report RUN_DIR... --out DIR`` reads every ``eval.json`` below the given
-folders (one per ``mpcdwm evaluate`` or ``mpcdwm run``) and writes
+``mpcdwm report RUN_DIR... --out DIR`` reads every ``eval.json`` below the given folders
+(one per ``mpcdwm evaluate`` or ``mpcdwm run``) and writes
 
-* ``report.md`` and ``report.html``: normalised score per dataset and method
-  (mean and std over seeds; with one seed, std over episodes), the D4RL-style
-  average per method, and decision latency;
-* ``scores.png``: score per method and dataset;
-* ``score_vs_latency.png``: what thinking longer buys (one point per method and
-  configuration);
-* ``trace.png``: imagined vs real return along one episode, when the run
-  recorded a trace.
+* ``report.md`` and ``report.html`` (the same tables, built once): per dataset and method the
+  normalised score, the raw return, and the paired gain over the base agent, each as
+  ``mean [95% CI] (n=seeds x episodes)``; across datasets the mean and the IQM;
+* ``summary.json``: the same numbers (mean, ci_low, ci_high, n_seeds, n_episodes, gain);
+* ``scores.png``: score per method and dataset with CI bars;
+* ``score_vs_latency.png``: what thinking longer buys, with CI bars;
+* ``trace.png``: imagined vs real return along one episode of the adapting planner.
+
+What is one method. A row is one *method*: the planner, its whole :class:`MPCConfig`, the world
+model kind and its sampler steps, the base agent (kind, training budget and config, when the
+eval.json records it) and the episode cut ``max_steps``. Rows are grouped by that full identity
+(:class:`Method`); the displayed label is the planner plus only the knobs that differ between
+the reported methods of that planner. ``n`` counts distinct seeds: the same (dataset, method,
+seed) in two eval.json files is an error naming both, unless both hold the identical
+per-episode returns (a sweep re-evaluates the same base agent in every trial): then it is the
+same measurement and counts once.
+
+Statistics (following rliable, Agarwal et al. 2021, and CORL's reporting):
+
+* a method's value on a dataset is the mean over its seeds x episodes; its 95% CI is a
+  percentile bootstrap (``scipy.stats.bootstrap``, 10,000 resamples, fixed seed, so a report is
+  deterministic) that resamples *episodes from the pooled seeds x episodes set*. With the 1-5
+  seeds a run has, resampling seeds first would resample too few units to mean much; the
+  pooled CI is therefore conditional on the trained agents and world models (it measures
+  evaluation noise, not training noise), and says so beside every number with ``n=SxE``;
+* a gain is paired: planner minus base on the same episode (same seed, same episode index:
+  ``evaluate`` resets episode ``i`` of seed ``s`` with env seed ``s + i`` for every planner),
+  against the base run of the same agent checkpoint; mean and CI as above over the
+  per-episode differences;
+* across datasets, over the datasets that have normalised scores: the mean of the per-dataset
+  means (D4RL's average; each dataset weighs the same) and the IQM (interquartile mean) of all
+  per-episode scores pooled over datasets (rliable's IQM over runs x tasks, with an episode as
+  the run); CIs by a stratified bootstrap (episodes resampled within each dataset).
+
+Datasets without reference returns get no normalised score (``-``, with a footnote): their
+raw returns are reported instead.
 """
 
 from __future__ import annotations
@@ -18,12 +46,21 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-from collections import defaultdict
+import math
+import textwrap
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tyro
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+BASE = "none"  # planner name of the base policy
+# Knob names shown in labels (the paper's letters for the budget).
+SHORT_KNOBS = {"mpc.adapt_steps": "E", "mpc.num_rollouts": "M", "mpc.horizon": "H"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,25 +70,238 @@ class ReportConfig:
     runs: tyro.conf.Positional[tuple[Path, ...]]
     """Run directories (or eval.json files) to gather."""
     out: Path = Path("report")
-    """Folder for report.md, report.html and the PNG plots."""
+    """Folder for report.md, report.html, summary.json and the PNG plots."""
+
+
+# --------------------------------------------------------------------------- statistics
 
 
 @dataclasses.dataclass(frozen=True)
-class Row:
-    """One method evaluated on one dataset with one seed."""
+class Estimate:
+    """A statistic of per-episode values with its bootstrap CI.
+
+    ``episodes``: episodes (or episode pairs, for a gain) per seed, one entry per seed; for an
+    aggregate across datasets one entry per (dataset, seed). ``n_datasets``: datasets pooled.
+    ``ci_low``/``ci_high`` are NaN when there are fewer than two values to resample.
+    """
+
+    value: float
+    ci_low: float
+    ci_high: float
+    episodes: tuple[int, ...]
+    n_datasets: int = 1
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def n_episodes(self) -> int:
+        return int(sum(self.episodes))
+
+    def n_text(self) -> str:
+        """``3x10`` (seeds x episodes) when every seed has as many episodes, else totals."""
+        if self.n_datasets > 1:
+            return f"{self.n_datasets} datasets, {self.n_episodes} ep"
+        if len(set(self.episodes)) == 1:
+            return f"{self.n_seeds}x{self.episodes[0]}"
+        return f"{self.n_seeds} seeds, {self.n_episodes} ep"
+
+    def text(self, signed: bool = False) -> str:
+        """``47.3 [44.1, 50.2] (n=3x10)``; signed: ``+3.1 [+0.4, +5.9] (n=3x10)``."""
+        sign = "+" if signed else ""
+
+        def fmt_(x: float) -> str:
+            return f"{round(x, 1) + 0.0:{sign}.1f}"  # + 0.0: no "-0.0" for a zero gain
+
+        ci = ""
+        if math.isfinite(self.ci_low):
+            ci = f" [{fmt_(self.ci_low)}, {fmt_(self.ci_high)}]"
+        return f"{fmt_(self.value)}{ci} (n={self.n_text()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": self.value,
+            "ci_low": _finite_or_none(self.ci_low),
+            "ci_high": _finite_or_none(self.ci_high),
+            "n_seeds": self.n_seeds,
+            "n_episodes": self.n_episodes,
+            "n_datasets": self.n_datasets,
+        }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def bootstrap_ci(
+    samples: Sequence[np.ndarray],
+    statistic: Callable[..., np.ndarray],
+    *,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of ``statistic(*samples, axis=-1)``.
+
+    ``samples``: 1-D arrays; each is resampled with replacement on its own (a stratified
+    bootstrap, as rliable's over tasks). ``statistic`` must accept ``axis`` and reduce it
+    (``scipy.stats.bootstrap``'s vectorised form). Returns (nan, nan) when no sample has two
+    values (nothing to resample). Deterministic for a given ``seed``.
+    """
+    import scipy.stats
+
+    arrays = [np.asarray(s, np.float64).reshape(-1) for s in samples]
+    if all(a.size < 2 for a in arrays):
+        return math.nan, math.nan
+    res = scipy.stats.bootstrap(
+        arrays,
+        statistic,
+        n_resamples=n_resamples,
+        vectorized=True,
+        paired=False,
+        axis=-1,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: the mean of the middle 50% of values along ``axis`` (rliable)."""
+    import scipy.stats
+
+    return scipy.stats.trim_mean(x, 0.25, axis=axis)
+
+
+def _mean_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
+
+
+def _mean_of_means(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(np.stack([np.mean(x, axis=axis) for x in xs]), axis=0)
+
+
+def _pooled_iqm(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+    return iqm(np.concatenate(xs, axis=axis), axis=axis)
+
+
+def _pool(per_seed: Mapping[int, Sequence[float]]) -> np.ndarray:
+    """seed -> (episodes,) values  ->  (seeds x episodes,) in seed order."""
+    if not per_seed:
+        raise ValueError("no values to estimate from")
+    return np.concatenate([np.asarray(per_seed[s], np.float64) for s in sorted(per_seed)])
+
+
+def mean_estimate(per_seed: Mapping[int, Sequence[float]]) -> Estimate:
+    """Mean over the pooled seeds x episodes values, with a bootstrap CI that resamples
+    episodes from that pooled set. ``per_seed``: seed -> (episodes,) values."""
+    pooled = _pool(per_seed)
+    lo, hi = bootstrap_ci([pooled], _mean_stat)
+    episodes = tuple(len(per_seed[s]) for s in sorted(per_seed))
+    return Estimate(float(pooled.mean()), lo, hi, episodes)
+
+
+def paired_differences(
+    method: Mapping[int, Sequence[float]], base: Mapping[int, Sequence[float]]
+) -> dict[int, np.ndarray]:
+    """Per-episode ``method - base``, paired by (seed, episode index).
+
+    ``method``, ``base``: seed -> (episodes,) values of the two on the same episode seeds.
+    Raises ValueError when the seeds or the episode counts differ: a difference of unpaired
+    episodes is not a paired gain.
+    """
+    if set(method) != set(base):
+        raise ValueError(
+            f"unpaired seeds: method has {sorted(method)}, base has {sorted(base)}; "
+            "a paired gain needs the base on every seed of the method"
+        )
+    diffs = {}
+    for seed in sorted(method):
+        m, b = np.asarray(method[seed], np.float64), np.asarray(base[seed], np.float64)
+        if m.shape != b.shape or m.ndim != 1:
+            raise ValueError(
+                f"seed {seed}: method has {m.shape} episodes, base has {b.shape}; "
+                "a paired gain needs the same episodes"
+            )
+        diffs[seed] = m - b
+    return diffs
+
+
+def paired_gain(
+    method: Mapping[int, Sequence[float]], base: Mapping[int, Sequence[float]]
+) -> Estimate:
+    """Mean paired gain ``method - base`` over seeds x episodes with its bootstrap CI
+    (see :func:`paired_differences` for the pairing, :func:`mean_estimate` for the CI)."""
+    return mean_estimate(paired_differences(method, base))
+
+
+def aggregate_estimate(
+    per_dataset: Sequence[Mapping[int, Sequence[float]]], statistic: Literal["mean", "iqm"]
+) -> Estimate:
+    """A statistic across datasets with a stratified bootstrap CI.
+
+    ``per_dataset``: one seed -> (episodes,) mapping per dataset (values on a common scale,
+    i.e. normalised scores or gains in them). ``"mean"``: the mean of the per-dataset means
+    (each dataset weighs the same, D4RL's average). ``"iqm"``: the interquartile mean of all
+    per-episode values pooled over datasets. The CI resamples episodes within each dataset.
+    """
+    pooled = [_pool(d) for d in per_dataset]
+    stat = {"mean": _mean_of_means, "iqm": _pooled_iqm}[statistic]
+    lo, hi = bootstrap_ci(pooled, stat)
+    episodes = tuple(len(d[s]) for d in per_dataset for s in sorted(d))
+    return Estimate(float(stat(*pooled)), lo, hi, episodes, n_datasets=len(per_dataset))
+
+
+# --------------------------------------------------------------------------- eval.json -> results
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """Identity of one method: everything that changes what it does (the grouping key).
+
+    ``knobs``: sorted ``(name, JSON value)`` pairs: ``agent``, ``agent_steps``, ``agent.<field>``
+    (when recorded), ``max_steps``, and for planners ``world_model`` (kind/sampler steps) and
+    ``mpc.<field>`` for every :class:`~mpcdwm.mpc.MPCConfig` field.
+    """
+
+    planner: str
+    knobs: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        return "base" if self.planner == BASE else self.planner
+
+    def knob_dict(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.knobs}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One planner of one eval.json: one method on one dataset with one seed.
+
+    ``returns``/``scores``: (episodes,) per-episode return / normalised score (``scores`` is
+    None without reference returns, ``no_score_reason`` says why). ``pairing``: what a base run
+    must share to be paired with this one (dataset, seed, max_steps, agent checkpoint).
+    """
 
     dataset: str
     seed: int
-    method: str
-    label: str  # method plus the budget knobs that distinguish configurations
-    scores: tuple[float, ...]  # normalised score per episode
+    method: Method
+    pairing: str
+    returns: tuple[float, ...]
+    scores: tuple[float, ...] | None
+    no_score_reason: str | None
     latency_median_ms: float
-    latency_p95_ms: float
     source: Path
+    agent_recorded: bool
+    trace: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
-def find_eval_files(paths: tuple[Path, ...]) -> list[Path]:
+def find_eval_files(paths: Iterable[Path]) -> list[Path]:
     """Every eval.json at or below ``paths`` (sorted, unique)."""
+    paths = tuple(paths)
     found: set[Path] = set()
     for path in paths:
         if path.is_file():
@@ -68,198 +318,678 @@ def find_eval_files(paths: tuple[Path, ...]) -> list[Path]:
     return sorted(found)
 
 
-def _budget_label(method: str, config: dict[str, Any]) -> str:
-    if method in ("none", "base"):
-        return "base"
-    knobs = []
-    mpc = config.get("mpc", config)
-    for key, short in (("adapt_steps", "E"), ("horizon", "H"), ("num_rollouts", "M")):
-        if key in mpc:
-            knobs.append(f"{short}={mpc[key]}")
-    wm = config.get("world_model_kind") or config.get("world_model_info", {}).get("kind")
-    steps = config.get("denoise_steps") or config.get("world_model_info", {}).get("denoise_steps")
-    if wm:
-        knobs.append(f"{wm}{'-' + str(steps) if steps else ''}")
-    return f"{method} ({', '.join(knobs)})" if knobs else method
+def _mpc_defaults() -> dict[str, Any]:
+    from mpcdwm.mpc import MPCConfig
+
+    return dataclasses.asdict(MPCConfig())
 
 
-def load_rows(eval_file: Path) -> list[Row]:
-    """Rows of one eval.json (see ``mpcdwm.evaluate`` for its layout)."""
+def _world_model_text(info: Mapping[str, Any] | None) -> str | None:
+    """``diffusion/5``, ``flow/2``, ``mlp``: the kind and the sampler steps it uses."""
+    if not info:
+        return None
+    kind = info.get("kind") or info.get("world_model")
+    steps = {"diffusion": info.get("denoise_steps"), "flow": info.get("flow_steps")}.get(kind)
+    return f"{kind}/{steps}" if steps is not None else str(kind)
+
+
+def _scores(
+    data: Mapping[str, Any], res: Mapping[str, Any], returns: np.ndarray
+) -> tuple[tuple[float, ...] | None, str | None]:
+    """Normalised scores of one planner entry, or None and the reason there are none."""
+    ref = data.get("ref_scores")
+    if ref is None:
+        return None, "no reference returns recorded (`ref_scores` is null)"
+    if tuple(ref) == (0.0, 1.0) and np.any(np.abs(returns) > 1.0):
+        # Files written while load_dataset filled missing references with (0, 1): a real
+        # (0, 1) reference (maze success) never sees a return outside [0, 1].
+        return None, "reference returns (0, 1) with returns outside [0, 1]: a placeholder"
+    scores = res.get("normalized_scores")
+    if scores is None or any(s is None for s in scores):
+        return None, "no normalized scores in eval.json"
+    if len(scores) != len(returns):
+        raise ValueError(f"{len(scores)} normalized scores for {len(returns)} returns")
+    return tuple(float(s) for s in scores), None
+
+
+def load_results(eval_file: Path) -> list[Result]:
+    """The results of one eval.json (layout: :mod:`mpcdwm.evaluate`), one per planner."""
+    eval_file = Path(eval_file)
     data = json.loads(eval_file.read_text())
-    methods = data.get("planners", data)
-    top_config = data.get("config", {})
-    dataset = str(data.get("dataset") or top_config.get("dataset") or eval_file.parent.name)
-    seed = int(data.get("seed", top_config.get("seed", 0)))
-    rows = []
-    for method, res in methods.items():
+    planners = data.get("planners")
+    if not isinstance(planners, dict) or "seed" not in data:
+        raise ValueError(f"{eval_file} is not an eval.json of `mpcdwm evaluate` (no planners/seed)")
+    config = data.get("config") or {}
+    dataset = str(data.get("dataset") or eval_file.parent.name)
+    seed = int(data["seed"])
+    max_steps = config.get("max_steps")
+    agent = data.get("agent")  # kind, steps, seed, config; absent in files of older versions
+    if agent:
+        agent_knobs = {
+            "agent": agent.get("kind"),
+            "agent_steps": agent.get("steps"),
+            **{f"agent.{k}": v for k, v in sorted((agent.get("config") or {}).items())},
+        }
+        checkpoint = agent  # the recorded identity (its seed included) names the checkpoint
+    else:
+        agent_knobs = {"agent": "?"}  # not recorded
+        checkpoint = {"path": config.get("agent")}  # one checkpoint folder = one agent
+    pairing = json.dumps(
+        {"dataset": dataset, "seed": seed, "max_steps": max_steps, "agent": checkpoint},
+        sort_keys=True,
+    )
+    # Fields added to MPCConfig after a file was written ran at their defaults then.
+    mpc = {**_mpc_defaults(), **(config.get("mpc") or {})}
+    results = []
+    for name, res in planners.items():
         if not isinstance(res, dict) or "returns" not in res:
             continue
-        scores = res.get("normalized_scores")
-        if scores is None:
-            ref = data.get("ref_scores") or res.get("ref_scores")
-            if ref is None:
-                raise ValueError(f"{eval_file}: {method} has no normalized scores or ref_scores")
-            lo, hi = ref
-            scores = [100.0 * (r - lo) / (hi - lo) for r in res["returns"]]
-        lat = res.get("latency_ms", {})
-        rows.append(
-            Row(
+        knobs: dict[str, Any] = {**agent_knobs, "max_steps": max_steps}
+        if name != BASE:
+            knobs["world_model"] = _world_model_text(data.get("world_model") or res.get("config"))
+            knobs.update({f"mpc.{k}": v for k, v in mpc.items()})
+        returns = np.asarray(res["returns"], np.float64)
+        try:
+            scores, reason = _scores(data, res, returns)
+        except ValueError as err:
+            raise ValueError(f"{eval_file}: {name}: {err}") from err
+        latency = (res.get("latency_ms") or {}).get("median")
+        results.append(
+            Result(
                 dataset=dataset,
                 seed=seed,
-                method=method,
-                label=_budget_label(method, {**top_config, **res.get("config", {})}),
-                scores=tuple(float(s) for s in scores),
-                latency_median_ms=float(lat.get("median", np.nan)),
-                latency_p95_ms=float(lat.get("p95", np.nan)),
+                method=Method(name, tuple(sorted((k, json.dumps(v)) for k, v in knobs.items()))),
+                pairing=pairing,
+                returns=tuple(float(r) for r in returns),
+                scores=scores,
+                no_score_reason=reason,
+                latency_median_ms=float(latency) if latency is not None else math.nan,
                 source=eval_file,
+                agent_recorded=bool(agent),
+                trace=res.get("trace"),
             )
         )
-    return rows
+    return results
 
 
-def summarize(rows: list[Row]) -> dict[tuple[str, str], dict[str, float]]:
-    """(dataset, label) -> mean/std score, seeds, latency. Std is over seeds when there are
-    several, else over episodes."""
-    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
-    for row in rows:
-        groups[(row.dataset, row.label)].append(row)
-    table = {}
-    for key, group in groups.items():
-        seed_means = np.array([np.mean(r.scores) for r in group])
-        std = seed_means.std() if len(group) > 1 else float(np.std(group[0].scores))
-        table[key] = {
-            "mean": float(seed_means.mean()),
-            "std": float(std),
-            "seeds": len(group),
-            "episodes": sum(len(r.scores) for r in group),
-            "latency_ms": float(np.nanmedian([r.latency_median_ms for r in group])),
-        }
-    return table
+def display_labels(methods: Iterable[Method]) -> dict[Method, str]:
+    """Short label per method: the planner plus the knobs that differ among that planner's
+    methods (``mpc (H=3, lr=0.0003)``); the base agent is ``base``."""
+    methods = sorted(set(methods), key=lambda m: (m.planner != BASE, m.planner, m.knobs))
+    labels = {}
+    for planner in dict.fromkeys(m.planner for m in methods):
+        same = [m for m in methods if m.planner == planner]
+        dicts = [dict(m.knobs) for m in same]
+        names = sorted({k for d in dicts for k in d})
+        varying = [k for k in names if len({d.get(k) for d in dicts}) > 1]
+        for m, d in zip(same, dicts, strict=True):
+            parts = [
+                f"{SHORT_KNOBS.get(k, k.removeprefix('mpc.'))}={_knob_text(d.get(k))}"
+                for k in varying
+            ]
+            labels[m] = f"{m.name} ({', '.join(parts)})" if parts else m.name
+    if len(set(labels.values())) != len(labels):  # cannot happen: distinct knobs show
+        raise AssertionError(f"two methods share a label: {sorted(labels.values())}")
+    return labels
 
 
-def _markdown(table: dict[tuple[str, str], dict[str, float]]) -> tuple[str, list[str], list[str]]:
-    datasets = sorted({d for d, _ in table})
-    labels = sorted({m for _, m in table}, key=lambda m: (m != "base", m))
-    lines = [
-        "| method | " + " | ".join(datasets) + " | average | latency (ms) |",
-        "|---" * (len(datasets) + 3) + "|",
-    ]
-    for label in labels:
-        cells, means, lats = [], [], []
-        for d in datasets:
-            cell = table.get((d, label))
-            if cell is None:
-                cells.append("-")
+def _knob_text(value: str | None) -> str:
+    """A knob's value as shown (None: the knob does not apply to that method)."""
+    return "-" if value is None else str(json.loads(value))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One (dataset, method): its score (None without reference returns), its return, its
+    paired gain over the base agent (in the dataset's unit; None without a paired base run)."""
+
+    dataset: str
+    method: Method
+    score: Estimate | None
+    ret: Estimate
+    gain: Estimate | None
+    gain_partial: bool  # the gain uses a subset of the method's seeds/episodes
+    latency_ms: float
+    sources: tuple[Path, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+    """One method across the datasets that have normalised scores."""
+
+    method: Method
+    datasets: tuple[str, ...]
+    mean: Estimate
+    iqm: Estimate
+    gain_mean: Estimate | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Everything the tables, plots and summary.json show."""
+
+    datasets: tuple[str, ...]
+    unit: Mapping[str, Literal["score", "return"]]  # the unit gains are in, per dataset
+    no_score: Mapping[str, str]  # dataset -> why it has no normalised score
+    labels: Mapping[Method, str]
+    entries: Mapping[tuple[str, Method], Entry]
+    aggregates: tuple[Aggregate, ...]
+    results: tuple[Result, ...]
+    notes: tuple[str, ...]
+
+
+def group_by_seed(results: Iterable[Result]) -> dict[tuple[str, Method], dict[int, Result]]:
+    """(dataset, method) -> seed -> result. A repeated seed is an error naming both files,
+    unless the two hold the same per-episode returns (the same measurement, counted once)."""
+    groups: dict[tuple[str, Method], dict[int, Result]] = {}
+    for r in sorted(results, key=lambda r: str(r.source)):
+        group = groups.setdefault((r.dataset, r.method), {})
+        prev = group.get(r.seed)
+        if prev is None:
+            group[r.seed] = r
+        elif prev.returns != r.returns:
+            raise ValueError(
+                f"{r.dataset}: {r.method.name} with the same configuration and seed {r.seed} "
+                f"is in both {prev.source} and {r.source} with different returns; a repeated "
+                "seed is not another sample. Report one of them, or evaluate another seed."
+            )
+    return groups
+
+
+def _values(r: Result, unit: str) -> tuple[float, ...]:
+    return r.scores if unit == "score" and r.scores is not None else r.returns
+
+
+def summarize(results: Sequence[Result]) -> Summary:
+    """Group results into methods per dataset and compute every estimate."""
+    if not results:
+        raise ValueError("no results to report")
+    groups = group_by_seed(results)
+    datasets = tuple(sorted({r.dataset for r in results}))
+    no_score = {}
+    for d in datasets:
+        reasons = {r.no_score_reason for r in results if r.dataset == d and r.scores is None}
+        if reasons:
+            no_score[d] = "; ".join(sorted(reasons))
+    unit = {d: ("return" if d in no_score else "score") for d in datasets}
+    bases: dict[str, Result] = {r.pairing: r for r in results if r.method.planner == BASE}
+    entries = {}
+    for (d, method), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1].knobs)):
+        gain, partial = None, False
+        if method.planner != BASE:
+            gain, partial = _gain(by_seed, bases, unit[d])
+        runs = list(by_seed.values())
+        entries[(d, method)] = Entry(
+            dataset=d,
+            method=method,
+            score=None
+            if unit[d] == "return"
+            else mean_estimate({s: r.scores for s, r in by_seed.items()}),
+            ret=mean_estimate({s: r.returns for s, r in by_seed.items()}),
+            gain=gain,
+            gain_partial=partial,
+            latency_ms=float(np.nanmedian([r.latency_median_ms for r in runs]))
+            if any(math.isfinite(r.latency_median_ms) for r in runs)
+            else math.nan,
+            sources=tuple(sorted({r.source for r in runs})),
+        )
+    score_sets = tuple(d for d in datasets if unit[d] == "score")
+    aggregates = []
+    if len(score_sets) >= 2:
+        for method in dict.fromkeys(m for _, m in entries):
+            cells = [entries.get((d, method)) for d in score_sets]
+            if any(c is None for c in cells):
                 continue
-            cells.append(f"{cell['mean']:.1f} ± {cell['std']:.1f} (n={cell['seeds']})")
-            means.append(cell["mean"])
-            lats.append(cell["latency_ms"])
-        avg = f"{np.mean(means):.1f}" if len(means) == len(datasets) else "-"
-        lat = f"{np.nanmedian(lats):.2f}" if lats else "-"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {avg} | {lat} |")
-    return "\n".join(lines), datasets, labels
+            per_dataset = [
+                {s: r.scores for s, r in groups[(d, method)].items()} for d in score_sets
+            ]
+            gain_mean = None
+            if method.planner != BASE and all(c.gain is not None for c in cells):
+                diffs = [_paired_values(groups[(d, method)], bases, "score")[0] for d in score_sets]
+                gain_mean = aggregate_estimate([paired_differences(m, b) for m, b in diffs], "mean")
+            aggregates.append(
+                Aggregate(
+                    method,
+                    score_sets,
+                    aggregate_estimate(per_dataset, "mean"),
+                    aggregate_estimate(per_dataset, "iqm"),
+                    gain_mean,
+                )
+            )
+    notes = []
+    if not all(r.agent_recorded for r in results):
+        notes.append(
+            "Some eval.json files do not record the base agent (kind, budget): methods are "
+            "told apart by planner, world model and planner settings only (agent=?)."
+        )
+    return Summary(
+        datasets=datasets,
+        unit=unit,
+        no_score=no_score,
+        labels=display_labels(m for _, m in entries),
+        entries=entries,
+        aggregates=tuple(aggregates),
+        results=tuple(results),
+        notes=tuple(notes),
+    )
 
 
-def _plots(out: Path, table, rows: list[Row], datasets: list[str], labels: list[str]) -> list[str]:
+def _paired_values(
+    by_seed: Mapping[int, Result], bases: Mapping[str, Result], unit: str
+) -> tuple[tuple[dict[int, tuple[float, ...]], dict[int, tuple[float, ...]]], bool]:
+    """(method, base) seed -> values over the episodes both ran, and whether that drops any of
+    the method's seeds or episodes. A base pairs when it shares the pairing key (same dataset,
+    seed, max_steps and agent checkpoint); episode ``i`` has env seed ``seed + i`` in both,
+    whatever the episode count, so the first ``min`` episodes pair."""
+    method_vals, base_vals, partial = {}, {}, False
+    for seed, r in by_seed.items():
+        b = bases.get(r.pairing)
+        if b is None:
+            partial = True
+            continue
+        k = min(len(r.returns), len(b.returns))
+        partial |= k < len(r.returns)
+        method_vals[seed] = _values(r, unit)[:k]
+        base_vals[seed] = _values(b, unit)[:k]
+    return (method_vals, base_vals), partial
+
+
+def _gain(
+    by_seed: Mapping[int, Result], bases: Mapping[str, Result], unit: str
+) -> tuple[Estimate | None, bool]:
+    (method_vals, base_vals), partial = _paired_values(by_seed, bases, unit)
+    if not method_vals:
+        return None, False
+    return paired_gain(method_vals, base_vals), partial
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One table, rendered to markdown and to HTML from this single source. ``kind``: score,
+    return or gain."""
+
+    kind: Literal["score", "return", "gain"]
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
+
+
+def _method_order(summary: Summary) -> list[Method]:
+    """Base first, then by planner and by knob values (numbers as numbers: 3e-05 < 0.0003)."""
+
+    def sortable(value: str) -> tuple[int, float, str]:
+        v = json.loads(value)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return (0, float(v), "")
+        return (1, 0.0, value)
+
+    return sorted(
+        {m for _, m in summary.entries},
+        key=lambda m: (m.planner != BASE, m.planner, [(k, sortable(v)) for k, v in m.knobs]),
+    )
+
+
+def build_tables(summary: Summary) -> list[Table]:
+    """Normalised score, return and paired-gain tables (rows: methods, columns: datasets)."""
+    stats_note = (
+        f"mean [{CONFIDENCE:.0%} CI] (n=seeds x episodes): percentile bootstrap over "
+        "episodes pooled across seeds (10,000 resamples)."
+    )
+    marks = {
+        d: f" ({i + 1})" for i, d in enumerate(d for d in summary.datasets if d in summary.no_score)
+    }
+    no_score_notes = tuple(
+        f"({i + 1}) {d}: no normalized score: {summary.no_score[d]}. Its returns are in the "
+        "return table."
+        for i, d in enumerate(d for d in summary.datasets if d in summary.no_score)
+    )
+    methods = _method_order(summary)
+    aggs = {a.method: a for a in summary.aggregates}
+    with_aggs = bool(summary.aggregates)
+
+    header = ["method", *(d + marks.get(d, "") for d in summary.datasets)]
+    if with_aggs:
+        header += ["mean over datasets", "IQM over datasets"]
+    header.append("latency (ms)")
+    rows = []
+    for m in methods:
+        cells = [summary.labels[m]]
+        for d in summary.datasets:
+            e = summary.entries.get((d, m))
+            cells.append("-" if e is None or e.score is None else e.score.text())
+        if with_aggs:
+            a = aggs.get(m)
+            cells += [a.mean.text(), a.iqm.text()] if a else ["-", "-"]
+        lats = [e.latency_ms for (_, mm), e in summary.entries.items() if mm == m]
+        lat = float(np.nanmedian(lats)) if any(math.isfinite(x) for x in lats) else math.nan
+        cells.append(f"{lat:.2f}" if math.isfinite(lat) else "-")
+        rows.append(tuple(cells))
+    score_notes = [stats_note, *no_score_notes]
+    if with_aggs:
+        score_notes.append(
+            "Across datasets (those with normalized scores): mean of per-dataset means; IQM of "
+            "all episodes' scores; stratified bootstrap (episodes resampled within a dataset)."
+        )
+    tables = [
+        Table(
+            "score",
+            "Normalized score (100 = reference expert, 0 = reference random)",
+            tuple(header),
+            tuple(rows),
+            (*score_notes, *summary.notes),
+        )
+    ]
+
+    header = ["method", *summary.datasets]
+    rows = []
+    for m in methods:
+        cells = [summary.labels[m]]
+        for d in summary.datasets:
+            e = summary.entries.get((d, m))
+            cells.append("-" if e is None else e.ret.text())
+        rows.append(tuple(cells))
+    tables.append(Table("return", "Return (undiscounted, per episode)", tuple(header), tuple(rows)))
+
+    planners = [m for m in methods if m.planner != BASE]
+    if planners:
+        header = ["method", *(f"{d} ({summary.unit[d]})" for d in summary.datasets)]
+        if with_aggs:
+            header.append("mean over datasets (score)")
+        rows, partial, unpaired = [], False, False
+        for m in planners:
+            cells = [summary.labels[m]]
+            for d in summary.datasets:
+                e = summary.entries.get((d, m))
+                if e is None or e.gain is None:
+                    cells.append("-")
+                    unpaired |= e is not None
+                else:
+                    cells.append(e.gain.text(signed=True) + (" *" if e.gain_partial else ""))
+                    partial |= e.gain_partial
+            if with_aggs:
+                a = aggs.get(m)
+                cells.append(a.gain_mean.text(signed=True) if a and a.gain_mean else "-")
+            rows.append(tuple(cells))
+        notes = [
+            "Planner minus the base agent on the same episodes (same agent checkpoint, seed and "
+            "episode index), in the dataset's unit; " + stats_note,
+        ]
+        if unpaired:
+            notes.append("-: no base run of the same agent, seed and max_steps to pair with.")
+        if partial:
+            notes.append("*: over the seeds/episodes that have a paired base run only.")
+        tables.append(
+            Table(
+                "gain", "Paired gain over the base agent", tuple(header), tuple(rows), tuple(notes)
+            )
+        )
+    return tables
+
+
+def to_markdown(table: Table) -> str:
+    """``### title``, a pipe table, and its notes as a paragraph each."""
+    esc = [[c.replace("|", "\\|") for c in row] for row in (table.header, *table.rows)]
+    lines = [f"### {table.title}", "", "| " + " | ".join(esc[0]) + " |"]
+    lines.append("|" + "---|" * len(table.header))
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    lines += ["", *(f"{n}  " for n in table.notes)] if table.notes else []
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_html(table: Table) -> str:
+    """The same table as :func:`to_markdown`, as HTML."""
+    th = "".join(f"<th>{html.escape(c)}</th>" for c in table.header)
+    trs = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows
+    )
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in table.notes)
+    return f"<h3>{html.escape(table.title)}</h3><table><tr>{th}</tr>{trs}</table>{notes}"
+
+
+# --------------------------------------------------------------------------- summary.json
+
+
+def summary_dict(summary: Summary) -> dict[str, Any]:
+    """JSON-ready numbers: one entry per (dataset, method) with the main estimate at the top
+    level (normalised score, or the return where there is none) and per method across
+    datasets."""
+    methods = []
+    order = {m: i for i, m in enumerate(_method_order(summary))}
+    for (d, m), e in sorted(summary.entries.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
+        main = e.score if e.score is not None else e.ret
+        methods.append(
+            {
+                "dataset": d,
+                "method": summary.labels[m],
+                "planner": m.planner,
+                "knobs": m.knob_dict(),
+                "unit": summary.unit[d],
+                **main.to_dict(),
+                "score": e.score.to_dict() if e.score else None,
+                "return": e.ret.to_dict(),
+                "gain": e.gain.to_dict() if e.gain else None,
+                "gain_partial": e.gain_partial,
+                "latency_ms": _finite_or_none(e.latency_ms),
+                "no_score_reason": summary.no_score.get(d),
+                "sources": [str(p) for p in e.sources],
+            }
+        )
+    aggregates = [
+        {
+            "method": summary.labels[a.method],
+            "datasets": list(a.datasets),
+            "mean": a.mean.to_dict(),
+            "iqm": a.iqm.to_dict(),
+            "gain_mean": a.gain_mean.to_dict() if a.gain_mean else None,
+        }
+        for a in summary.aggregates
+    ]
+    return {
+        "statistics": {
+            "confidence": CONFIDENCE,
+            "bootstrap": "percentile",
+            "n_resamples": N_RESAMPLES,
+            "seed": BOOTSTRAP_SEED,
+            "resampled": "episodes pooled over seeds (stratified by dataset across datasets)",
+            "gain": "planner minus base, paired by (seed, episode index)",
+        },
+        "methods": methods,
+        "aggregates": aggregates,
+        "notes": list(summary.notes),
+    }
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(3, n)
+    return math.ceil(n / cols), cols
+
+
+def _yerr(ests: Sequence[Estimate]) -> np.ndarray:
+    """(2, n) distances from the value to the CI ends (0 where there is no CI)."""
+    lo = [e.value - e.ci_low if math.isfinite(e.ci_low) else 0.0 for e in ests]
+    hi = [e.ci_high - e.value if math.isfinite(e.ci_high) else 0.0 for e in ests]
+    return np.array([lo, hi])
+
+
+def _main(e: Entry) -> Estimate:
+    return e.score if e.score is not None else e.ret
+
+
+def _unit_label(summary: Summary, d: str) -> str:
+    return "normalized score" if summary.unit[d] == "score" else "return (no reference)"
+
+
+def _plots(out: Path, summary: Summary) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    methods = _method_order(summary)
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     made = []
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(datasets) * max(1, len(labels)) / 2), 4))
-    width = 0.8 / max(1, len(labels))
-    for i, label in enumerate(labels):
-        xs = [j + i * width for j, d in enumerate(datasets) if (d, label) in table]
-        ys = [table[(d, label)]["mean"] for d in datasets if (d, label) in table]
-        es = [table[(d, label)]["std"] for d in datasets if (d, label) in table]
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=label)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))], datasets, rotation=15)
-    ax.set_ylabel("normalised score")
-    ax.legend(fontsize=7)
-    ax.set_title("Score per method and dataset")
+
+    # Scores: one panel per dataset (each in its own unit), a bar per method with its CI.
+    rows, cols = _grid(len(summary.datasets))
+    height = 1.0 + 0.45 * len(methods)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, height * rows), squeeze=False)
+    for ax, d in zip(axes.flat, summary.datasets, strict=False):
+        present = [m for m in methods if (d, m) in summary.entries]
+        ests = [_main(summary.entries[(d, m)]) for m in present]
+        ys = np.arange(len(present))[::-1]
+        ax.barh(
+            ys,
+            [e.value for e in ests],
+            xerr=_yerr(ests),
+            capsize=3,
+            color=[colors[m] for m in present],
+        )
+        ax.set_yticks(ys, [textwrap.fill(summary.labels[m], 28) for m in present], fontsize=7)
+        ax.set_xlabel(_unit_label(summary, d), fontsize=8)
+        ax.set_title(textwrap.fill(d, 40), fontsize=9)
+    for ax in axes.flat[len(summary.datasets) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"Mean with {CONFIDENCE:.0%} bootstrap CI (seeds x episodes)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "scores.png", dpi=120)
     plt.close(fig)
     made.append("scores.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (d, label), cell in sorted(table.items()):
-        ax.errorbar(max(cell["latency_ms"], 1e-3), cell["mean"], yerr=cell["std"], fmt="o")
-        ax.annotate(f"{label}\n{d}", (max(cell["latency_ms"], 1e-3), cell["mean"]), fontsize=6)
-    ax.set_xscale("log")
-    ax.set_xlabel("decision latency, median (ms)")
-    ax.set_ylabel("normalised score")
-    ax.set_title("Score vs decision latency")
-    fig.tight_layout()
+    # Score vs latency: one panel per dataset, a point per method, CI bars, shared legend.
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols, 3.4 * rows + 0.3 * len(methods)), squeeze=False
+    )
+    for ax, d in zip(axes.flat, summary.datasets, strict=False):
+        for m in methods:
+            e = summary.entries.get((d, m))
+            if e is None:
+                continue
+            est = _main(e)
+            x = e.latency_ms if math.isfinite(e.latency_ms) and e.latency_ms > 0 else 1e-3
+            ax.errorbar(
+                [x],
+                [est.value],
+                yerr=_yerr([est]),
+                fmt="o",
+                capsize=3,
+                color=colors[m],
+                label=summary.labels[m],
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("decision latency, median (ms)", fontsize=8)
+        ax.set_ylabel(_unit_label(summary, d), fontsize=8)
+        ax.set_title(textwrap.fill(d, 40), fontsize=9)
+    for ax in axes.flat[len(summary.datasets) :]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colors[m]) for m in methods]
+    fig.legend(
+        handles,
+        [summary.labels[m] for m in methods],
+        loc="lower center",
+        ncol=min(3, len(methods)),
+        fontsize=7,
+        frameon=False,
+    )
+    fig.suptitle(f"Score vs decision latency ({CONFIDENCE:.0%} bootstrap CI)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(methods) / 3), 1, 1))
     fig.savefig(out / "score_vs_latency.png", dpi=120)
     plt.close(fig)
     made.append("score_vs_latency.png")
 
-    for row in rows:
-        trace = (
-            json.loads(row.source.read_text()).get("planners", {}).get(row.method, {}).get("trace")
-        )
-        if not trace:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, values in trace.items():
-            if isinstance(values, list) and values:
-                ax.plot(values, label=key, lw=1)
-        ax.set_xlabel("environment step")
-        ax.set_title(f"{row.method} on {row.dataset}: imagined vs real (one episode)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "trace.png", dpi=120)
-        plt.close(fig)
+    traced = _trace_result(summary.results)
+    if traced is not None:
+        _trace_plot(out / "trace.png", traced, summary.labels[traced.method])
         made.append("trace.png")
-        break
     return made
 
 
+def _trace_result(results: Iterable[Result]) -> Result | None:
+    """The run whose trace to draw: the adapting planner (``mpc``) first, else another
+    non-base planner (the base never plans: its imagined return is always 0)."""
+    traced = [
+        r
+        for r in results
+        if r.method.planner != BASE and r.trace and any(r.trace.get(k) for k in r.trace)
+    ]
+    if not traced:
+        return None
+    return min(traced, key=lambda r: (r.method.planner != "mpc", r.dataset, r.seed, r.source))
+
+
+def _trace_plot(path: Path, r: Result, label: str) -> None:
+    import matplotlib.pyplot as plt
+
+    def series(key: str) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in r.trace.get(key) or []], float)
+
+    before, after = series("imagined_return_before"), series("imagined_return_after")
+    real = series("real_return")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.2), sharex=True)
+    top.plot(before, lw=1, label="imagined return before planning")
+    top.plot(after, lw=1, label="imagined return after planning")
+    top.set_ylabel("imagined return\n(H steps + terminal Q)", fontsize=8)
+    top.legend(fontsize=7)
+    bottom.plot(real, lw=1, color="k", label="real return so far")
+    bottom.set_ylabel("real return so far", fontsize=8)
+    bottom.set_xlabel("environment step (episode 0)", fontsize=8)
+    title = f"{label} on {r.dataset}, seed {r.seed}: imagined vs real return"
+    fig.suptitle(textwrap.fill(title, 60), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
 def report(cfg: ReportConfig) -> Path:
-    """Write report.md, report.html and PNG plots into ``cfg.out``; returns report.md's path."""
+    """Write report.md, report.html, summary.json and PNG plots into ``cfg.out``; returns
+    report.md's path."""
     from rich.console import Console
     from rich.markdown import Markdown
 
     files = find_eval_files(cfg.runs)
-    rows = [row for f in files for row in load_rows(f)]
-    if not rows:
+    results = [r for f in files for r in load_results(f)]
+    if not results:
         raise ValueError(f"the eval.json files {[str(f) for f in files]} hold no results")
-    table = summarize(rows)
-    md_table, datasets, labels = _markdown(table)
+    summary = summarize(results)
+    tables = build_tables(summary)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    plots = _plots(cfg.out, table, rows, datasets, labels)
+    plots = _plots(cfg.out, summary)
+    md_tables = "\n".join(to_markdown(t) for t in tables)
     sources = "\n".join(f"- `{f}`" for f in files)
     md = (
-        "# mpcdwm report\n\nNormalised score (100 = the dataset's reference expert, 0 = random), "
-        "mean ± std over seeds (over episodes when n=1), and median decision latency.\n\n"
-        f"{md_table}\n\n" + "".join(f"![{p}]({p})\n\n" for p in plots) + f"Sources:\n{sources}\n"
+        "# mpcdwm report\n\n"
+        + md_tables
+        + "\n"
+        + "".join(f"![{p}]({p})\n\n" for p in plots)
+        + f"Sources:\n{sources}\n"
     )
     (cfg.out / "report.md").write_text(md)
-    (cfg.out / "report.html").write_text(_html(md_table, plots, files))
-    (cfg.out / "summary.json").write_text(
-        json.dumps(
-            [{"dataset": d, "method": m, **v} for (d, m), v in sorted(table.items())], indent=1
-        )
-    )
-    Console().print(Markdown(md_table))
+    (cfg.out / "report.html").write_text(_html_page(tables, plots, files))
+    (cfg.out / "summary.json").write_text(json.dumps(summary_dict(summary), indent=1))
+    Console().print(Markdown(md_tables))
     return cfg.out / "report.md"
 
 
-def _html(md_table: str, plots: list[str], files: list[Path]) -> str:
-    rows = [line.strip("|").split("|") for line in md_table.splitlines()]
-    head, body = rows[0], rows[2:]
-    cells = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
-    trs = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in body
-    )
-    imgs = "".join(f'<p><img src="{p}" alt="{p}"></p>' for p in plots)
+def _html_page(tables: Sequence[Table], plots: Sequence[str], files: Sequence[Path]) -> str:
+    imgs = "".join(f'<p><img src="{p}" alt="{p}" style="max-width:100%"></p>' for p in plots)
     srcs = "".join(f"<li><code>{html.escape(str(f))}</code></li>" for f in files)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>mpcdwm report</title>"
-        "<style>body{font-family:sans-serif;max-width:960px;margin:auto}table{border-collapse:"
-        "collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style></head><body>"
-        f"<h1>mpcdwm report</h1><table><tr>{cells}</tr>{trs}</table>{imgs}<ul>{srcs}</ul>"
-        "</body></html>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
+        "collapse}td,th{border:1px solid #ccc;padding:4px 8px}.note{font-size:90%;color:#444}"
+        "</style></head><body><h1>mpcdwm report</h1>"
+        + "".join(to_html(t) for t in tables)
+        + f"{imgs}<ul>{srcs}</ul></body></html>"
     )
