@@ -4,8 +4,10 @@ Takes a run directory of ``mpcdwm run`` (its ``agent/`` and ``world_model/``) an
 evaluates one planner under several ``MPCConfig`` variants, each given as
 ``key=value[,key=value...]`` (field names of :class:`mpcdwm.mpc.MPCConfig`), with the
 same episode seeds, writing each variant's ``eval.json`` under ``OUT/<variant>`` and
-printing one table: normalized score, the planner's mean action change from the
-pretrained action, its imagined-return gain, and the median decision latency.
+printing one table: normalized score and the paired gain over the base agent on the same
+episodes (both with bootstrap 95% CIs and n = seeds x episodes, computed by
+:mod:`mpcdwm.report`), the planner's mean action change from the pretrained action, its
+imagined-return gain, and the median decision latency.
 
     python benchmarks/bench_planner_options.py runs/scores_iql/hopper-medium-v0/seed0 \
         "lr=3e-4" "lr=3e-5" "optimizer=sgd,lr=1e-4" "adapt=last_layer" --episodes 3
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.mpc import MPCConfig
+from mpcdwm.report import load_results, summarize
 
 
 def parse_variant(text: str) -> MPCConfig:
@@ -56,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
     out_root = args.out or args.run / "planner_options"
 
-    rows = []
+    rows = []  # (label, eval.json, planner)
     for i, text in enumerate(args.variants):
         cfg = parse_variant(text)
         planners = ("none", args.planner) if i == 0 else (args.planner,)
@@ -72,21 +75,33 @@ def main() -> None:
                 progress=False,
             )
         )
-        res = json.loads(path.read_text())["planners"]
         if i == 0:
-            rows.append(("base (none)", res["none"]))
-        rows.append((text, res[args.planner]))
+            rows.append(("base (none)", path, "none"))
+        rows.append((text, path, args.planner))
 
+    # Scores and paired gains from mpcdwm.report (one implementation of the statistics): the
+    # variants share the agent checkpoint and episode seeds, so each pairs with the base run.
+    results = [r for p in dict.fromkeys(path for _, path, _ in rows) for r in load_results(p)]
+    summary = summarize(results)
     print(f"# bench_planner_options ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
     print(f"run {args.run}, planner {args.planner}, {args.episodes} episodes, seed {args.seed}\n")
-    print("| variant | score | action change | imagined before -> after | latency ms |")
-    print("|---|---|---|---|---|")
-    for label, r in rows:
-        d, s = r["diagnostics"], r["normalized_score"]
+    unit = "normalized score" if all(r.scores is not None for r in results) else "return"
+    print(
+        f"| variant | {unit} | gain over base | action change | imagined before -> after "
+        "| latency ms |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, path, planner in rows:
+        (result,) = [r for r in results if r.source == path and r.method.planner == planner]
+        entry = summary.entries[(result.dataset, result.method)]
+        value = entry.score if entry.score is not None else entry.ret
+        gain = "-" if entry.gain is None else entry.gain.text(signed=True)
+        res = json.loads(path.read_text())["planners"][planner]
+        d = res["diagnostics"]
         print(
-            f"| {label} | {s['mean']:.1f} ± {s['std']:.1f} | {d['action_change']:.3f} | "
+            f"| {label} | {value.text()} | {gain} | {d['action_change']:.3f} | "
             f"{d['imagined_return_before']:.1f} -> {d['imagined_return_after']:.1f} | "
-            f"{r['latency_ms']['median']:.1f} |"
+            f"{res['latency_ms']['median']:.1f} |"
         )
 
 

@@ -3,9 +3,10 @@
 For every dataset folder given (Minari folders made by ``mpcdwm collect``), runs the
 whole pipeline (``mpcdwm.pipeline.run``: base agent, world model, evaluation of every
 planner in the real env) into ``OUT/<dataset name>/seed<k>``, then gathers all runs
-with ``mpcdwm report`` and prints a table of normalized scores with each planner's
-gain over the base agent. Runs resume: re-running the command skips finished stages,
-so budgets can be raised step by step.
+with ``mpcdwm report`` and prints its tables of normalized scores and of each planner's
+paired gain over the base agent (same episodes), with bootstrap 95% CIs and n = seeds x
+episodes (:mod:`mpcdwm.report` computes both). Runs resume: re-running the command skips
+finished stages, so budgets can be raised step by step.
 
     mpcdwm collect --env Hopper-v5 --recipe medium --steps 50000 --train-steps 60000 \
         --out data/hopper-medium-v0          # likewise HalfCheetah-v5, Walker2d-v5
@@ -23,48 +24,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from mpcdwm.mpc import MPCConfig
-from mpcdwm.pipeline import RunConfig, run
-from mpcdwm.report import ReportConfig, load_rows, report
-
-
-def gains_table(rows) -> str:
-    """Markdown: per dataset, mean score of each method and its gain over the base agent
-    (paired by seed: the same agent, world model and episode seeds)."""
-    by = {}
-    for r in rows:
-        by.setdefault((r.dataset, r.method), {})[r.seed] = float(np.mean(r.scores))
-    datasets = sorted({d for d, _ in by})
-    methods = sorted({m for _, m in by}, key=lambda m: (m != "none", m))
-    lines = [
-        "| dataset | " + " | ".join(methods) + " |",
-        "|---" * (len(methods) + 1) + "|",
-    ]
-    gains = {m: [] for m in methods}
-    for d in datasets:
-        base = by.get((d, "none"), {})
-        cells = []
-        for m in methods:
-            per_seed = by.get((d, m), {})
-            if not per_seed:
-                cells.append("-")
-                continue
-            mean = np.mean(list(per_seed.values()))
-            paired = [per_seed[s] - base[s] for s in per_seed if s in base]
-            cell = f"{mean:.1f}"
-            if m != "none" and paired:
-                cell += f" ({np.mean(paired):+.1f})"
-                gains[m].append(float(np.mean(paired)))
-            cells.append(cell)
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    avg = [
-        f"{np.mean(gains[m]):+.1f}" if m != "none" and len(gains[m]) == len(datasets) else "-"
-        for m in methods
-    ]
-    lines.append("| mean gain over base | " + " | ".join(avg) + " |")
-    return "\n".join(lines)
+from mpcdwm.pipeline import AgentStage, EvalStage, RunConfig, WorldModelStage, run
+from mpcdwm.report import (
+    ReportConfig,
+    build_tables,
+    load_results,
+    report,
+    summarize,
+    to_markdown,
+)
 
 
 def main() -> None:
@@ -108,13 +77,13 @@ def main() -> None:
                     dataset=dataset,
                     out=out,
                     seed=seed,
-                    agent=args.agent,
-                    agent_steps=args.agent_steps,
-                    agent_batch_size=args.agent_batch_size,
-                    world_model=args.world_model,
-                    world_model_steps=args.world_model_steps,
-                    planners=tuple(args.planners),
-                    episodes=args.episodes,
+                    agent=AgentStage(
+                        kind=args.agent, steps=args.agent_steps, batch_size=args.agent_batch_size
+                    ),
+                    world_model=WorldModelStage(
+                        kind=args.world_model, steps=args.world_model_steps
+                    ),
+                    eval=EvalStage(planners=tuple(args.planners), episodes=args.episodes),
                     mpc=mpc,
                     progress=args.progress,
                 )
@@ -123,7 +92,9 @@ def main() -> None:
             # (e.g. benchmarks/bench_planner_options.py writes RUN/planner_options/*).
             eval_files.append(out / "eval" / "eval.json")
     report_md = report(ReportConfig(runs=tuple(eval_files), out=args.out / "report"))
-    rows = [r for f in eval_files for r in load_rows(f)]
+    # The same statistics as the report (one implementation): scores and paired gains with
+    # bootstrap CIs and n = seeds x episodes.
+    tables = build_tables(summarize([r for f in eval_files for r in load_results(f)]))
     mpc_cfg = json.dumps(dataclasses.asdict(mpc))
     print(f"# bench_scores  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
     wall = time.perf_counter() - t0
@@ -134,8 +105,9 @@ def main() -> None:
         f"episodes x seeds {args.seeds}"
     )
     print(f"planner config: {mpc_cfg}\n")
-    print("Normalized score, mean over seeds (gain over the base agent, paired by seed):\n")
-    print(gains_table(rows))
+    for table in tables:
+        if table.kind in ("score", "gain"):
+            print(to_markdown(table))
     print(f"\nfull report: {report_md}")
 
 
