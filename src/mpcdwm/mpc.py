@@ -107,6 +107,56 @@ class MPCConfig:
     unroll: bool = True
     """Unroll the horizon scan so XLA fuses across imagined steps (faster on CPU, slower
     compile)."""
+    preset: Literal["none", "paper"] = "none"
+    """``paper``: the paper's second-version setting (see :data:`PAPER_PRESET`): plain
+    gradient steps (sgd), E=1, H=5, weights carried across the real steps of an episode
+    (reset at its start), noise redrawn at every real step; M=256 and lr=5e-6 unless
+    ``num_rollouts``/``lr`` are given (the paper picks lr per dataset from
+    {5e-7, 5e-6, 5e-5, 5e-4}). Applied by :func:`resolve`."""
+    update: Literal["gradient", "placebo"] = "gradient"
+    """mpc: ``placebo`` replaces every adaptation update by a random direction of the same
+    norm (same size of change, no information from the model): the control a gain must
+    beat (DESIGN.md, "Reading a gain")."""
+    validate: bool = False
+    """mpc: before acting, score the adapted and the pretrained policy on fresh noise
+    draws (M rollouts each, paired) and act adapted only if its imagined return is higher
+    by more than the standard error of the paired difference; otherwise act as the
+    pretrained policy (and carry the start parameters on). Diagnostic ``accepted``."""
+    termination: Literal["learned", "rule", "smooth-rule"] = "learned"
+    """What ends an imagined episode: the world model's learned classifier, or the env's
+    own health rule (Hopper, Walker2d, Ant: read from the Gymnasium env,
+    :func:`mpcdwm.envs.health_rule`) as a hard 0/1 mask (``rule``: no gradient through
+    it) or a sigmoid of the distance to the healthy boundary (``smooth-rule``: the
+    gradient points away from falling). Envs without a rule fall back to ``learned``."""
+    termination_sharpness: float = 0.02
+    """smooth-rule: width (observation units) of the sigmoid at the healthy boundary."""
+
+
+PAPER_PRESET: dict[str, Any] = {
+    "optimizer": "sgd",
+    "adapt_steps": 1,
+    "horizon": 5,
+    "warm_start": True,
+}
+"""Fields the ``paper`` preset sets outright."""
+PAPER_DEFAULTS: dict[str, Any] = {"num_rollouts": 256, "lr": 5e-6}
+"""Fields the ``paper`` preset sets only when left at :class:`MPCConfig`'s defaults."""
+PAPER_LR_GRID: tuple[float, ...] = (5e-7, 5e-6, 5e-5, 5e-4)
+"""The per-dataset step sizes the paper's setting is reported with."""
+
+
+def resolve(cfg: MPCConfig) -> MPCConfig:
+    """``cfg`` with its preset applied (``preset`` becomes ``none``); idempotent."""
+    if cfg.preset == "none":
+        return cfg
+    if cfg.preset != "paper":
+        raise ValueError(f"--mpc.preset must be none or paper, got {cfg.preset!r}.")
+    default = MPCConfig()
+    changes = dict(PAPER_PRESET)
+    for name, value in PAPER_DEFAULTS.items():
+        if getattr(cfg, name) == getattr(default, name):
+            changes[name] = value
+    return dataclasses.replace(cfg, preset="none", **changes)
 
 
 class AgentLike(Protocol):
@@ -120,6 +170,15 @@ class AgentLike(Protocol):
 
     def act(self, params: Params, obs: jax.Array) -> jax.Array: ...
     def critic(self, params: Params, obs: jax.Array, action: jax.Array) -> jax.Array: ...
+
+
+class HealthLike(Protocol):
+    """An env's health rule on observations (see :class:`mpcdwm.envs.HealthRule`): the
+    episode ends when ``obs[index]`` leaves the open interval ``(low, high)``."""
+
+    index: tuple[int, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
 
 
 class WorldLike(Protocol):
@@ -140,6 +199,7 @@ DIAGNOSTICS = (
     "grad_norm",
     "action_change",
     "fallback",
+    "accepted",
 )
 
 
@@ -170,6 +230,18 @@ def validate_config(cfg: MPCConfig) -> None:
         raise ValueError(f"--mpc.optimizer must be adam or sgd, got {cfg.optimizer!r}.")
     if cfg.adapt not in ("all", "last_layer"):
         raise ValueError(f"--mpc.adapt must be all or last_layer, got {cfg.adapt!r}.")
+    if cfg.preset not in ("none", "paper"):
+        raise ValueError(f"--mpc.preset must be none or paper, got {cfg.preset!r}.")
+    if cfg.update not in ("gradient", "placebo"):
+        raise ValueError(f"--mpc.update must be gradient or placebo, got {cfg.update!r}.")
+    if cfg.termination not in ("learned", "rule", "smooth-rule"):
+        raise ValueError(
+            f"--mpc.termination must be learned, rule or smooth-rule, got {cfg.termination!r}."
+        )
+    if not cfg.termination_sharpness > 0:
+        raise ValueError(
+            f"--mpc.termination-sharpness must be > 0, got {cfg.termination_sharpness}."
+        )
     if cfg.terminal_action not in ("adapted", "pretrained"):
         raise ValueError(
             f"--mpc.terminal-action must be adapted or pretrained, got {cfg.terminal_action!r}."
@@ -225,10 +297,44 @@ def _scan(f: Callable, init: Any, xs: Any, unroll: bool):
     return jax.lax.scan(f, init, xs, unroll=True if unroll else 1)
 
 
+def make_done_fn(cfg: MPCConfig, world: WorldLike, health: HealthLike | None) -> Callable:
+    """``done(world_params, s, a, s_next) -> probability (scalar)`` that an imagined episode
+    ends at ``s_next``: the learned classifier, or the env's health rule (``cfg.termination``).
+
+    ``rule``: 1 where any ruled entry of ``s_next`` is outside its interval or not finite
+    (a hard mask, no gradient). ``smooth-rule``: ``1 - prod_k sigmoid((x_k - low_k) / w)
+    sigmoid((high_k - x_k) / w)`` with ``w = termination_sharpness``, whose gradient pushes
+    the imagined state back inside the healthy region.
+    """
+    if cfg.termination == "learned" or health is None:
+        return world.done_prob
+    idx = jnp.asarray(health.index, jnp.int32)
+    # Infinite bounds become far finite ones: same value, and a zero (not NaN) gradient.
+    low = jnp.asarray(np.maximum(np.asarray(health.low, np.float32), -1e6))
+    high = jnp.asarray(np.minimum(np.asarray(health.high, np.float32), 1e6))
+    width = float(cfg.termination_sharpness)
+
+    def hard(wp, s, a, s_next):
+        del wp, s, a
+        x = s_next[idx]
+        healthy = jnp.all((x > low) & (x < high)) & jnp.all(jnp.isfinite(s_next))
+        return 1.0 - healthy.astype(s_next.dtype)
+
+    def smooth(wp, s, a, s_next):
+        del wp, s, a
+        x = s_next[idx]
+        inside = jax.nn.sigmoid((x - low) / width) * jax.nn.sigmoid((high - x) / width)
+        return 1.0 - jnp.prod(inside)
+
+    return hard if cfg.termination == "rule" else smooth
+
+
 # --------------------------------------------------------------------------- rollouts
 
 
-def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+def make_imagine(
+    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+) -> Callable:
     """``imagine(act_fn, models, s0, noise, seq=None, terminal_fn=None) -> (returns (M,), aux)``.
 
     ``act_fn(s) -> a`` is the closed-loop policy for states ``s (obs_dim,)``; it acts at
@@ -237,10 +343,12 @@ def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable
     ``act_fn``) gives the terminal critic's action instead. ``noise (M, H, *noise_shape)``.
     ``aux``: per-rollout ``states (M, H + 1, obs_dim)``, ``actions (M, H + 1, act_dim)``
     and ``penalty (M,)`` (uncertainty-weighted disagreement sum). Rollouts are vmapped
-    over M so every network call is one batched matmul.
+    over M so every network call is one batched matmul. ``health``: the env's health rule,
+    used when ``cfg.termination`` asks for it (:func:`make_done_fn`).
     """
     gamma = float(agent.gamma if cfg.gamma is None else cfg.gamma)
     lam = float(cfg.uncertainty_penalty)
+    done_fn = make_done_fn(cfg, world, health)
 
     def one(act_fn: Callable, terminal_fn: Callable, models: dict, s0, noise, seq):
         wp = models["world"]
@@ -253,7 +361,7 @@ def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable
             if lam > 0:  # static: no disagreement network work when the penalty is off
                 pen = pen + disc * alive * world.reward_disagreement(wp, s, a)
             s_next = world.next_state(wp, s, a, noise_h)
-            d = world.done_prob(wp, s, a, s_next)
+            d = done_fn(wp, s, a, s_next)
             ret = ret + disc * alive * r
             return (s_next, alive * (1.0 - d), disc * gamma, ret, pen), (s, a)
 
@@ -279,14 +387,20 @@ def make_imagine(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable
 # --------------------------------------------------------------------------- planners
 
 
-def make_mpc_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+def make_mpc_step(
+    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+) -> Callable:
     """The MPCwDWM decision as one jitted function (see the module docstring).
 
     ``carry = {"params": adapted params}`` (the next step's start when warm-starting).
+    With ``cfg.update == "placebo"`` each update keeps its norm but points in a random
+    direction; with ``cfg.validate`` the adapted policy acts only when it beats the
+    pretrained one on fresh noise (see :class:`MPCConfig`).
     """
+    cfg = resolve(cfg)
     validate_config(cfg)
     low, high, _, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world)
+    imagine = make_imagine(cfg, agent, world, health)
     tx = optax.adam(cfg.lr) if cfg.optimizer == "adam" else optax.sgd(cfg.lr)
     if cfg.max_grad_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
@@ -307,9 +421,19 @@ def make_mpc_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callabl
         it_t, it_f = iter(train), iter(frozen)
         return treedef.unflatten([next(it_t) if t else next(it_f) for t in trainable])
 
+    def placebo(updates, key):
+        """A random direction with the global norm of ``updates``."""
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        keys = jax.random.split(key, len(leaves))
+        rand = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+        rand = treedef.unflatten(rand)
+        scale = optax.tree.norm(updates) / (optax.tree.norm(rand) + 1e-12)
+        return jax.tree_util.tree_map(lambda r: r * scale, rand)
+
     def step(psi_start, psi0, models, obs, key, carry):
         del carry  # the start point arrives as psi_start (the wrapper chooses it)
-        noise = jax.random.normal(key, (M, H, *world.noise_shape), obs.dtype)
+        k_noise, k_placebo, k_valid = jax.random.split(key, 3)
+        noise = jax.random.normal(k_noise, (M, H, *world.noise_shape), obs.dtype)
         train0, frozen, treedef = split(psi_start)
         pi0 = lambda s: agent.act(psi0, s)  # noqa: E731
         terminal = pi0 if cfg.terminal_action == "pretrained" else None
@@ -328,40 +452,63 @@ def make_mpc_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callabl
 
         grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-        def adapt_step(state, _):
+        def adapt_step(state, k):
             train, opt_state = state
             (_, ret), grads = grad_fn(train)
             updates, opt_state = tx.update(grads, opt_state, train)
+            if cfg.update == "placebo":
+                updates = placebo(updates, k)
             return (optax.apply_updates(train, updates), opt_state), (ret, optax.tree.norm(grads))
 
         (train, _), (rets, norms) = jax.lax.scan(
-            adapt_step, (train0, tx.init(train0)), None, length=cfg.adapt_steps
+            adapt_step, (train0, tx.init(train0)), jax.random.split(k_placebo, cfg.adapt_steps)
         )
         psi = merge(train, frozen, treedef)
-        ret_after = imagine(lambda s: agent.act(psi, s), models, obs, noise, None, terminal)[0]
-        ret_after = ret_after.mean()
+        pi = lambda s: agent.act(psi, s)  # noqa: E731
+        ret_after = imagine(pi, models, obs, noise, None, terminal)[0].mean()
         a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
         a = agent.act(psi, obs)
         ok = _all_finite(train) & jnp.all(jnp.isfinite(rets)) & jnp.isfinite(ret_after)
         ok = ok & jnp.all(jnp.isfinite(a))
-        action = safe_action(jnp.where(ok, a, a0), a0, low, high)
-        # A failed adaptation must not poison the next warm start.
-        new_psi = jax.tree_util.tree_map(lambda x, y: jnp.where(ok, x, y), psi, psi0)
+        accepted = ok
+        if cfg.validate:
+            # Paired comparison on noise the adaptation never saw: act adapted only if its
+            # imagined gain exceeds the standard error of that gain.
+            fresh = jax.random.normal(k_valid, noise.shape, obs.dtype)
+            start = lambda s: agent.act(psi_start, s)  # noqa: E731
+            gain = (
+                imagine(pi, models, obs, fresh, None, terminal)[0]
+                - imagine(start, models, obs, fresh, None, terminal)[0]
+            )
+            stderr = jnp.std(gain, ddof=1) / jnp.sqrt(M) if M > 1 else jnp.zeros(())
+            accepted = ok & (gain.mean() > stderr)
+        # Not adapting means acting from the start point (psi0 unless warm-starting validated).
+        a_keep = safe_action(agent.act(psi_start, obs), a0, low, high) if cfg.validate else a0
+        action = safe_action(jnp.where(accepted, a, a_keep), a_keep, low, high)
+        # A failed or rejected adaptation must not poison the next warm start.
+        fallback_psi = psi_start if cfg.validate else psi0
+        new_psi = jax.tree_util.tree_map(lambda x, y: jnp.where(accepted, x, y), psi, fallback_psi)
         diag = {
             "imagined_return_before": rets[0],
             "imagined_return_after": ret_after,
             "grad_norm": norms.mean(),
             "action_change": jnp.linalg.norm(action - a0),
             "fallback": 1.0 - ok.astype(jnp.float32),
+            "accepted": accepted.astype(jnp.float32),
         }
         return action, {"params": new_psi}, diag
 
     return jax.jit(step)
 
 
-def make_none_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike | None = None) -> Callable:
+def make_none_step(
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike | None = None,
+    health: HealthLike | None = None,
+) -> Callable:
     """The base policy with the planners' signature (no thinking; same diagnostics keys)."""
-    del world
+    del world, health
     validate_config(cfg)
     low, high, _, _ = _action_bounds(agent)
 
@@ -377,7 +524,9 @@ def make_none_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike | None = N
     return jax.jit(step)
 
 
-def make_action_grad_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+def make_action_grad_step(
+    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+) -> Callable:
     """Gradient ascent on one open-loop action sequence ``(H, act_dim)`` (same E, M, H).
 
     The sequence starts from the pretrained policy's imagined rollout (mean over the M
@@ -387,7 +536,7 @@ def make_action_grad_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) ->
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world)
+    imagine = make_imagine(cfg, agent, world, health)
     tx = optax.adam(cfg.action_lr)
     H, M = cfg.horizon, cfg.num_rollouts
 
@@ -426,13 +575,16 @@ def make_action_grad_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) ->
             "grad_norm": norms.mean(),
             "action_change": jnp.linalg.norm(action - a0),
             "fallback": 1.0 - ok.astype(jnp.float32),
+            "accepted": ok.astype(jnp.float32),
         }
         return action, carry, diag
 
     return jax.jit(step)
 
 
-def make_mppi_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callable:
+def make_mppi_step(
+    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+) -> Callable:
     """TD-MPC-style MPPI on the same world model, reward model and terminal critic.
 
     Candidates: ``mppi_policy_samples`` closed-loop policy rollouts (each with its own
@@ -445,7 +597,7 @@ def make_mppi_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callab
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world)
+    imagine = make_imagine(cfg, agent, world, health)
     H, N, P, K = cfg.horizon, cfg.mppi_samples, cfg.mppi_policy_samples, cfg.mppi_elites
     act_dim = int(mid.shape[0])
 
@@ -500,6 +652,7 @@ def make_mppi_step(cfg: MPCConfig, agent: AgentLike, world: WorldLike) -> Callab
             "grad_norm": jnp.zeros((), jnp.float32),
             "action_change": jnp.linalg.norm(action - a0),
             "fallback": 1.0 - ok.astype(jnp.float32),
+            "accepted": ok.astype(jnp.float32),
         }
         return action, carry, diag
 
@@ -514,8 +667,15 @@ STEP_FACTORIES: dict[str, Callable] = {
 }
 
 
-def make_step(name: str, cfg: MPCConfig, agent: AgentLike, world: WorldLike | None) -> Callable:
-    """The jitted decision function of planner ``name`` (see the module docstring)."""
+def make_step(
+    name: str,
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike | None,
+    health: HealthLike | None = None,
+) -> Callable:
+    """The jitted decision function of planner ``name`` (see the module docstring);
+    ``health``: the env's health rule for ``cfg.termination`` (rule / smooth-rule)."""
     if name not in STEP_FACTORIES:
         raise ValueError(f"unknown planner {name!r}; choose from {list(PLANNERS)}.")
     if name != "none" and world is None:
@@ -523,7 +683,7 @@ def make_step(name: str, cfg: MPCConfig, agent: AgentLike, world: WorldLike | No
             f"planner {name!r} needs a world model; pass --world-model DIR "
             "(train one with `mpcdwm train-world-model`) or use --planner none."
         )
-    return STEP_FACTORIES[name](cfg, agent, world)
+    return STEP_FACTORIES[name](resolve(cfg), agent, world, health)
 
 
 class Planner:
@@ -543,9 +703,11 @@ class Planner:
         agent: AgentLike,
         world: WorldLike | None,
         seed: int = 0,
+        health: HealthLike | None = None,
     ) -> None:
+        cfg = resolve(cfg)
         self.name, self.cfg, self.agent, self.seed = name, cfg, agent, seed
-        step = make_step(name, cfg, agent, world)
+        step = make_step(name, cfg, agent, world, health)
         self.psi0 = agent.actor_params
         self.models = {
             "world": None if world is None else world.params,
@@ -592,7 +754,12 @@ class Planner:
 
 
 def make_planner(
-    name: str, cfg: MPCConfig, agent: AgentLike, world: WorldLike | None, seed: int = 0
+    name: str,
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike | None,
+    seed: int = 0,
+    health: HealthLike | None = None,
 ) -> Planner:
     """Build the :class:`Planner` (a Decider with ``reset``) for ``name``."""
-    return Planner(name, cfg, agent, world, seed)
+    return Planner(name, cfg, agent, world, seed, health)
