@@ -16,6 +16,7 @@ from mpcdwm.data import (
     load_dataset,
     make_dataset,
 )
+from mpcdwm.envs import check_dataset_against_env
 
 
 def _random_hopper_rows(steps: int, max_episode_steps: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -152,8 +153,34 @@ def test_d4rl_bad_input_names_dataset_field_and_fix(tmp_path, hopper_rows, corru
     path = tmp_path / "hopper-bad-v2.hdf5"
     _write_d4rl(path, rows, with_next=True)
     with pytest.raises(DatasetError, match=match) as err:
-        load_dataset(path)
+        # The last two cases fit the data alone but not Hopper-v5.
+        check_dataset_against_env(load_dataset(path))
     assert "hopper-bad-v2" in str(err.value)
+
+
+def test_env_check_raises_when_a_registered_env_cannot_be_made(hopper_rows):
+    """A registered id whose construction fails (here: a typo in its kwargs; a broken
+    MuJoCo install is the same) is an error, not a silently skipped check."""
+    env_id = "MpcdwmTypoHopper-v0"
+    gym.register(
+        id=env_id,
+        entry_point="gymnasium.envs.mujoco.hopper_v5:HopperEnv",
+        kwargs={"frame_skipp": 4},
+    )
+    try:
+        ds = make_dataset(hopper_rows, name="hopper-typo", env_id=env_id)
+        with pytest.raises(TypeError, match="frame_skipp"):
+            check_dataset_against_env(ds)
+    finally:
+        del gym.registry[env_id]
+
+
+def test_env_check_skips_an_unregistered_env_with_one_warning(hopper_rows):
+    ds = make_dataset(hopper_rows, name="hopper-elsewhere", env_id="MpcdwmNoSuchEnv-v0")
+    with pytest.warns(UserWarning, match="'MpcdwmNoSuchEnv-v0' is not registered") as seen:
+        check_dataset_against_env(ds)
+        check_dataset_against_env(ds)
+    assert sum("MpcdwmNoSuchEnv-v0" in str(w.message) for w in seen) == 1
 
 
 def test_missing_file_and_unknown_dataset(tmp_path, monkeypatch):

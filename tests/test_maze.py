@@ -71,7 +71,7 @@ def test_d4rl_antmaze_file_appends_goal(tmp_path):
         f["terminals"] = np.zeros(n, bool)
         f["timeouts"] = np.r_[np.zeros(n - 1, bool), True]
         f["infos/goal"] = np.tile([0.5, 8.0], (n, 1)).astype(np.float32)
-    ds = load_dataset(path, check_env=False)
+    ds = load_dataset(path)
     assert ds.observations.shape[1] == 31
     goals = np.asarray(ds.observations)[:, -2:]
     np.testing.assert_allclose(goals, np.tile([0.5, 8.0], (len(goals), 1)))

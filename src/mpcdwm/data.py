@@ -306,7 +306,8 @@ def make_dataset(
 
 
 def check_against_env(dataset: Dataset, env: Any) -> None:
-    """Raise if observation size or action range do not fit a Gymnasium ``env``."""
+    """Raise if observation size or action range do not fit a Gymnasium ``env`` (one made
+    by :func:`mpcdwm.envs.make_env`, as agents see it)."""
     from gymnasium import spaces
 
     obs_space = env.observation_space
@@ -344,39 +345,18 @@ def load_dataset(
     env_id: str | None = None,
     download: bool = False,
     drop_invalid: bool = False,
-    check_env: bool = True,
 ) -> Dataset:
     """Load a Minari dataset id/folder or a D4RL ``.hdf5`` file as a :class:`Dataset`.
 
     ``env_id`` overrides the environment recorded in (or guessed for) the data.
-    ``download`` is passed to Minari for users with network access.
-    ``check_env`` builds the environment, when Gymnasium knows it, and checks
-    observation size and action range against it.
+    ``download`` is passed to Minari for users with network access. The data are
+    validated on their own here; :func:`mpcdwm.envs.check_dataset_against_env` checks
+    them against their environment (observation size, action range).
     """
     text = os.fspath(name_or_path)
     if text.endswith((".hdf5", ".h5")):
-        dataset = _load_d4rl(Path(text), env_id, drop_invalid)
-    else:
-        dataset = _load_minari(text, env_id, download, drop_invalid)
-    if check_env:
-        env = _try_make_env(dataset.env_id)
-        if env is not None:
-            try:
-                check_against_env(dataset, env)
-            finally:
-                env.close()
-    return dataset
-
-
-def _try_make_env(env_id: str) -> Any:
-    # make_env, not gym.make: the env must be seen exactly as agents see it
-    # (flattened dict observations, AntMaze without contact forces).
-    from mpcdwm.envs import make_env
-
-    try:
-        return make_env(env_id)
-    except Exception:  # unknown or uninstalled environment: nothing to check against
-        return None
+        return _load_d4rl(Path(text), env_id, drop_invalid)
+    return _load_minari(text, env_id, download, drop_invalid)
 
 
 def _load_d4rl(path: Path, env_id: str | None, drop_invalid: bool) -> Dataset:

@@ -1,22 +1,25 @@
 """Environments: making Gymnasium envs the one way every part sees them.
 
 Observations reach agents, world models and planners as flat float32 vectors;
-goal-conditioned (dict) observations are flattened in
-:data:`mpcdwm.data.DICT_OBS_ORDER`. Maze environments come from the optional
-``maze`` extra (``gymnasium-robotics``) and get :data:`MAZE_DEFAULTS`: the episode
-ends when the goal is reached (reward 1 on that step, so a return is 1 for a
-success and 0 otherwise, as D4RL's AntMaze evaluation) and AntMaze-v5 leaves out
-contact forces (31 = D4RL's 29 + goal). See :mod:`mpcdwm.maze`.
+goal-conditioned (dict) observations are flattened by
+:func:`mpcdwm.data.flatten_observation`, the layout datasets store. Maze environments
+come from the optional ``maze`` extra (``gymnasium-robotics``) and get
+:data:`MAZE_DEFAULTS`: the episode ends when the goal is reached (reward 1 on that step,
+so a return is 1 for a success and 0 otherwise, as D4RL's AntMaze evaluation) and
+AntMaze-v5 leaves out contact forces (31 = D4RL's 29 + goal). See :mod:`mpcdwm.maze`.
+
+:func:`check_dataset_against_env` checks a dataset against the env it was recorded in.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from mpcdwm.data import flatten_observation
+from mpcdwm.data import Dataset, check_against_env, flatten_observation
 
 
 class FlattenDictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
@@ -73,8 +76,57 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     return env
 
 
+def limit_kwargs(max_episode_steps: int | None) -> dict[str, Any]:
+    """:func:`make_env` keyword arguments for an episode time limit (None: the env's own)."""
+    return {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+
+
 def env_sizes(env: gym.Env) -> tuple[int, int]:
     """(obs_dim, act_dim) of a flat-observation continuous-control env."""
     if not isinstance(env.action_space, gym.spaces.Box):
         raise ValueError("mpcdwm handles continuous (Box) action spaces only.")
     return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+
+
+def is_registered(env_id: str) -> bool:
+    """Whether Gymnasium knows ``env_id`` (maze ids: once the maze extra registered them).
+
+    Looks the id up without making the environment, so it never hides a broken install.
+    """
+    if "Maze" in env_id:
+        try:
+            import gymnasium_robotics
+        except ImportError:
+            return False
+        gym.register_envs(gymnasium_robotics)
+    try:
+        gym.spec(env_id)
+    except gym.error.Error:  # no spec: unknown name, version or namespace
+        return False
+    return True
+
+
+_UNCHECKED: set[str] = set()
+
+
+def check_dataset_against_env(dataset: Dataset) -> None:
+    """Check ``dataset``'s observation size and action range against ``dataset.env_id``.
+
+    The env is made with :func:`make_env`, exactly as agents see it; any failure to make
+    a registered env (a broken MuJoCo install, bad keyword arguments) is raised. Only an
+    id that Gymnasium does not know skips the check, with one warning per id.
+    """
+    if not is_registered(dataset.env_id):
+        if dataset.env_id not in _UNCHECKED:
+            _UNCHECKED.add(dataset.env_id)
+            warnings.warn(
+                f"environment {dataset.env_id!r} is not registered in Gymnasium: dataset "
+                f"{dataset.name!r} is not checked against it (observation size, action range).",
+                stacklevel=2,
+            )
+        return
+    env = make_env(dataset.env_id)
+    try:
+        check_against_env(dataset, env)
+    finally:
+        env.close()
