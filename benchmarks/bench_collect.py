@@ -25,13 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpcdwm.agents import rebrac
-from mpcdwm.collect import _device_rows, _empty, _rollout, _train_chunk_fn
 from mpcdwm.envs import env_sizes, make_env
+from mpcdwm.online_td3 import _device_rows, _empty, _train_chunk_fn, record_rollout
 
 
 def record_rate(env_id: str, steps: int, actor, td3) -> float:
     t0 = time.perf_counter()
-    _rollout(
+    record_rollout(
         env_id, actor, td3, steps=steps, key=jax.random.key(0), noise=0.1, max_episode_steps=None
     )
     return steps / (time.perf_counter() - t0)

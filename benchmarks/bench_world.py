@@ -50,10 +50,9 @@ from mpcdwm.world import (
     load_world_model,
     make_update,
     make_world_model,
-    quality_markdown,
     train_world_model,
-    world_model_quality,
 )
+from mpcdwm.world_quality import quality_markdown, world_model_quality
 
 OBS_DIM, ACT_DIM = 11, 3
 
@@ -254,12 +253,15 @@ def _random_hopper(steps: int, seed: int = 0):
 
 def bench_quality(args) -> list[str]:
     from mpcdwm.data import load_dataset
+    from mpcdwm.envs import check_dataset_against_env
 
     default = Path.home() / ".minari/datasets/mpcdwm/hopper-medium-v0"
     if args.dataset:
         dataset = load_dataset(args.dataset)
+        check_dataset_against_env(dataset)
     elif default.exists():
         dataset = load_dataset("mpcdwm/hopper-medium-v0")
+        check_dataset_against_env(dataset)
     else:
         print("(no mpcdwm/hopper-medium-v0 installed: random-policy Hopper-v5 data)")
         dataset = _random_hopper(args.random_steps)

@@ -13,8 +13,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import gymnasium as gym
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,45 +29,16 @@ from mpcdwm.agents import (
 )
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.data import load_dataset
-from mpcdwm.evaluate import run_episodes
+from mpcdwm.rollout import policy_decider, run_episodes
 from mpcdwm.train import make_chunk
 
 ENV_ID = "InvertedPendulum-v5"
 SMALL = (64, 64)
 
 
-def collect_pendulum(path: Path, episodes: int = 100, seed: int = 0) -> Path:
-    """Noisy, often-random linear controller on InvertedPendulum-v5, saved as D4RL HDF5."""
-    env = gym.make(ENV_ID)
-    rng = np.random.default_rng(seed)
-    gain = np.array([1.0, 10.0, 1.0, 1.0])  # balances on its own (return 1000)
-    cols: dict[str, list] = {
-        k: [] for k in ("observations", "actions", "rewards", "next_observations")
-    }
-    cols.update(terminals=[], timeouts=[])
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed * 1000 + i)
-        done = False
-        while not done:
-            a = gain @ obs + 0.5 * rng.normal()
-            if rng.random() < 0.3:
-                a = rng.uniform(-3.0, 3.0)
-            a = np.clip([a], -3.0, 3.0).astype(np.float32)
-            nxt, r, term, trunc, _ = env.step(a)
-            for k, v in zip(cols, (obs, a, r, nxt, term, trunc), strict=True):
-                cols[k].append(v)
-            obs, done = nxt, term or trunc
-    env.close()
-    with h5py.File(path, "w") as f:
-        for k, v in cols.items():
-            f[k] = np.asarray(v, bool if k in ("terminals", "timeouts") else np.float32)
-        f.attrs["env_id"] = ENV_ID
-    return path
-
-
 @pytest.fixture(scope="module")
-def data_path(tmp_path_factory) -> Path:
-    return collect_pendulum(tmp_path_factory.mktemp("data") / "pendulum-noisy.hdf5")
+def data_path(pendulum_data) -> Path:
+    return pendulum_data
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +230,9 @@ def test_loaded_agent_reproduces_training_eval_and_is_differentiable(td3bc_run, 
     assert agent.gamma == 0.99 and agent.meta["kind"] == "agent"
     np.testing.assert_allclose(agent.action_low, [-3.0])
     # Same policy, same seeds: the reloaded agent scores exactly what training logged.
-    stats = run_episodes(ENV_ID, agent.decider(), episodes=5, seed=10_000)
+    stats = run_episodes(
+        ENV_ID, policy_decider(agent.act, agent.actor_params), episodes=5, seed=10_000
+    )
     assert np.mean(stats.returns) == pytest.approx(_last_metrics(td3bc_run)["eval_return"])
 
     # Raw observations in, raw actions out, within bounds even for wild inputs.

@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from mpcdwm.checkpoint import CheckpointError
-from mpcdwm.collect import (
-    CHECKPOINT_NAME,
-    CollectConfig,
-    collect,
-    command_line,
-    default_dataset_id,
-    train_online,
-)
+from mpcdwm.collect import CollectConfig, collect, command_line, default_dataset_id
 from mpcdwm.data import D4RL_REF_SCORES, load_dataset
+from mpcdwm.online_td3 import CHECKPOINT_NAME, train_online
 
 HOPPER_LIMIT = 30  # short episodes so the random data holds both terminations and time limits
 

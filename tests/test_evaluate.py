@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import pytest
-from test_mpc import build_pendulum_runs
 
 from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.mpc import MPCConfig
@@ -24,8 +23,9 @@ SMALL = MPCConfig(
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return build_pendulum_runs(tmp_path_factory.mktemp("pendulum"))
+def runs(pendulum_runs):
+    """The shared tiny TD3+BC agent and diffusion world model (see conftest.py)."""
+    return pendulum_runs
 
 
 @pytest.fixture(scope="module")

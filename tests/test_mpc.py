@@ -2,8 +2,8 @@
 
 The stand-in world is a differentiable 1-D point mass (state: position, velocity; action:
 force in [-1, 1]) with the known reward ``-pos^2 - 0.1 a^2``; the stand-in agent is a
-one-layer tanh policy in the Flax parameter layout. The real part trains a tiny TD3+BC
-agent and a tiny diffusion world model on InvertedPendulum-v5 data collected here.
+one-layer tanh policy in the Flax parameter layout. The real part uses the tiny TD3+BC
+agent and diffusion world model trained on InvertedPendulum-v5 data in conftest.py.
 """
 
 from __future__ import annotations
@@ -182,86 +182,13 @@ def test_bad_config_and_missing_world_model_are_named():
 PENDULUM = "InvertedPendulum-v5"
 
 
-def collect_pendulum(path, episodes: int = 100, seed: int = 0):
-    """Noisy, often-random linear controller on InvertedPendulum-v5, saved as D4RL HDF5."""
-    import gymnasium as gym
-    import h5py
-
-    env = gym.make(PENDULUM)
-    rng = np.random.default_rng(seed)
-    gain = np.array([1.0, 10.0, 1.0, 1.0])
-    names = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
-    cols: dict[str, list] = {k: [] for k in names}
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed * 1000 + i)
-        done = False
-        while not done:
-            a = gain @ obs + 0.5 * rng.normal()
-            if rng.random() < 0.3:
-                a = rng.uniform(-3.0, 3.0)
-            a = np.clip([a], -3.0, 3.0).astype(np.float32)
-            nxt, r, term, trunc, _ = env.step(a)
-            for k, v in zip(cols, (obs, a, r, nxt, term, trunc), strict=True):
-                cols[k].append(v)
-            obs, done = nxt, term or trunc
-    env.close()
-    with h5py.File(path, "w") as f:
-        for k, v in cols.items():
-            f[k] = np.asarray(v, bool if k in ("terminals", "timeouts") else np.float32)
-        f.attrs["env_id"] = PENDULUM
-    return path
-
-
-def build_pendulum_runs(root, agent_steps: int = 1000, wm_steps: int = 1500):
-    """Tiny real TD3+BC agent and diffusion world model (3 denoising steps) on pendulum data.
-
-    Returns ``(agent_dir, world_model_dir)``; about 20 s on the 2-core dev machine.
-    """
-    from mpcdwm.agents import TrainAgentConfig, train_agent
-    from mpcdwm.world import TrainWorldModelConfig, train_world_model
-
-    data = str(collect_pendulum(root / "pendulum.hdf5"))
-    agent_dir = train_agent(
-        TrainAgentConfig(
-            dataset=data,
-            agent="td3bc",
-            steps=agent_steps,
-            out=root / "agent",
-            chunk=500,
-            eval_every=agent_steps,
-            eval_episodes=2,
-            hidden_dims=(64, 64),
-            progress=False,
-        )
-    )
-    wm_dir = train_world_model(
-        TrainWorldModelConfig(
-            dataset=data,
-            model="diffusion",
-            steps=wm_steps,
-            out=root / "wm",
-            chunk=500,
-            hidden_dims=(64, 64),
-            reward_hidden_dims=(64, 64),
-            reward_ensemble=2,
-            termination_hidden_dims=(64, 64),
-            lr=1e-3,
-            denoise_steps=3,
-            quality_transitions=500,
-            quality_windows=16,
-            quality_horizons=(1, 5),
-            progress=False,
-        )
-    )
-    return agent_dir, wm_dir
-
-
 @pytest.fixture(scope="module")
-def pendulum(tmp_path_factory):
+def pendulum(pendulum_runs):
+    """The shared tiny TD3+BC agent and diffusion world model (see conftest.py), loaded."""
     from mpcdwm.agents import load_agent
     from mpcdwm.world import load_world_model
 
-    agent_dir, wm_dir = build_pendulum_runs(tmp_path_factory.mktemp("pendulum"))
+    agent_dir, wm_dir = pendulum_runs
     return load_agent(agent_dir), load_world_model(wm_dir)
 
 
@@ -320,7 +247,7 @@ def test_injected_nan_falls_back_to_pretrained_action(pendulum, name):
 
 @pytest.mark.parametrize("name", ["none", "mpc", "action-grad", "mppi"])
 def test_actions_in_bounds_in_real_episodes_even_with_huge_steps(pendulum, name):
-    from mpcdwm.evaluate import run_episodes
+    from mpcdwm.rollout import run_episodes
 
     agent, world = pendulum
     # lr 10 / action_lr 10 / wide MPPI std push hard against the bounds.
@@ -342,7 +269,7 @@ def test_adaptation_raises_real_return_of_weak_policy(pendulum):
     Measured when written: base [2, 2, 2, 2], mpc [33, 13, 7, 47] (mean ratio ~12; the
     assertion asks for 3x). Larger learning rates (0.05) did not help here.
     """
-    from mpcdwm.evaluate import run_episodes
+    from mpcdwm.rollout import run_episodes
 
     agent, world = pendulum
     params = jax.tree_util.tree_map(lambda x: x, agent.actor_params)

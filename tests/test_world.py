@@ -21,8 +21,8 @@ from mpcdwm.world import (
     load_world_model,
     make_world_model,
     train_world_model,
-    world_model_quality,
 )
+from mpcdwm.world_quality import world_model_quality
 
 OBS, ACT = 3, 2
 TINY = TrainWorldModelConfig(

@@ -12,12 +12,8 @@
                                                      "imagined_return_after"}}}}
 
 ``trace`` holds, per decision of episode 0, the cumulative real return before the
-decision and the imagined returns before/after planning.
-
-:func:`run_episodes` is the one evaluation loop: agents call it for periodic
-evaluation during training, ``mpcdwm evaluate`` calls it for the base policy and
-for every planner. A *decider* maps a real observation to an action (and
-optional per-decision diagnostics); the loop times each decision.
+decision and the imagined returns before/after planning. The episodes themselves
+run through :func:`mpcdwm.rollout.run_episodes`.
 """
 
 from __future__ import annotations
@@ -26,104 +22,18 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
-from mpcdwm.envs import make_env
-from mpcdwm.mpc import PLANNERS, MPCConfig
-
-Decider = Callable[[np.ndarray], tuple[np.ndarray, dict[str, float]]]
-
-
-@dataclasses.dataclass
-class EpisodeStats:
-    """What :func:`run_episodes` measured. Latencies are per env step, in ms."""
-
-    returns: list[float]
-    lengths: list[int]
-    latencies_ms: list[float]
-    diagnostics: list[dict[str, float]]
-
-    def latency_summary(self) -> dict[str, float]:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
-        return {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95))}
-
-
-def run_episodes(
-    env_id: str,
-    decide: Decider,
-    *,
-    episodes: int,
-    seed: int,
-    on_episode_start: Callable[[int], None] | None = None,
-    progress: Callable[[int, float], None] | None = None,
-    max_steps: int | None = None,
-    on_step: Callable[[float], None] | None = None,
-) -> EpisodeStats:
-    """Run ``episodes`` episodes of ``decide`` in a fresh ``env_id``.
-
-    Episode ``i`` resets with seed ``seed + i``, so results are reproducible and
-    every method sees the same start states. ``on_episode_start(i)`` lets a
-    planner reset its carry; ``progress(i, return)`` is called after each episode;
-    ``on_step(reward)`` after every env step.
-    Actions are checked: a non-finite or out-of-range action is an error here
-    (planners must guarantee valid actions themselves).
-    """
-    env = make_env(env_id)
-    low, high = env.action_space.low, env.action_space.high
-    stats = EpisodeStats([], [], [], [])
-    try:
-        for i in range(episodes):
-            if on_episode_start is not None:
-                on_episode_start(i)
-            obs, _ = env.reset(seed=seed + i)
-            total, length, done = 0.0, 0, False
-            while not done:
-                t0 = time.perf_counter()
-                action, diag = decide(np.asarray(obs, np.float32))
-                stats.latencies_ms.append(1e3 * (time.perf_counter() - t0))
-                action = np.asarray(action, np.float64)
-                if (
-                    not np.all(np.isfinite(action))
-                    or np.any(action < low - 1e-6)
-                    or np.any(action > high + 1e-6)
-                ):
-                    raise ValueError(
-                        f"decider returned an invalid action {action} at step {length}"
-                    )
-                if diag:
-                    stats.diagnostics.append(diag)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                if on_step is not None:
-                    on_step(float(reward))
-                length += 1
-                done = terminated or truncated or (max_steps is not None and length >= max_steps)
-            stats.returns.append(total)
-            stats.lengths.append(length)
-            if progress is not None:
-                progress(i, total)
-    finally:
-        env.close()
-    return stats
-
-
-def policy_decider(act: Callable[[Any, Any], Any], params: Any) -> Decider:
-    """Decider for a plain policy ``act(params, obs) -> action`` (jitted once here)."""
-    import jax
-
-    act_jit = jax.jit(act)
-
-    def decide(obs: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        return np.asarray(act_jit(params, obs)), {}
-
-    return decide
-
-
-# --------------------------------------------------------------------------- mpcdwm evaluate
+from mpcdwm.agents import TrainedAgent, load_agent
+from mpcdwm.mpc import PLANNERS, MPCConfig, make_planner, validate_config
+from mpcdwm.rollout import run_episodes
+from mpcdwm.world import load_world_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,14 +103,6 @@ def _finite_or_none(x: float) -> float | None:
 
 def evaluate(cfg: EvaluateConfig) -> Path:
     """Run every planner of ``cfg`` for ``cfg.episodes`` episodes; returns ``out/eval.json``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.table import Table
-
-    from mpcdwm.agents import load_agent
-    from mpcdwm.mpc import make_planner, validate_config
-    from mpcdwm.world import load_world_model
-
     _check_config(cfg)
     validate_config(cfg.mpc)
     agent = load_agent(cfg.agent)
@@ -343,7 +245,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     return path
 
 
-def _planner_config(name: str, mpc: MPCConfig, agent: Any, wm_info: dict | None) -> dict:
+def _planner_config(name: str, mpc: MPCConfig, agent: TrainedAgent, wm_info: dict | None) -> dict:
     """The budget that defines method ``name`` (what report.py labels rows with)."""
     if name == "none":
         return {"world_model": None, "denoise_steps": None}

@@ -22,11 +22,13 @@ it is not built here. AntMaze is supported through loading D4RL HDF5 files (goal
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mpcdwm.envs import make_env
+from mpcdwm.minari_io import write_minari
 
 Cell = tuple[int, int]
 
@@ -147,10 +149,6 @@ def write_pointmaze_dataset(
 
     Returns the dataset id, or ``out`` as a string.
     """
-    from pathlib import Path
-
-    from mpcdwm.collect import write_minari
-
     data = collect_pointmaze(
         env_id,
         episodes=episodes,

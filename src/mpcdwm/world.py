@@ -2,7 +2,8 @@
 
 This module owns the "DWM" of MPCwDWM: everything from training the world model
 on an offline :class:`~mpcdwm.data.Dataset` to the pure functions the planner
-differentiates through, plus the quality report written beside the checkpoint.
+differentiates through. The quality report written beside the checkpoint is measured
+by :mod:`mpcdwm.world_quality`.
 
 Transition models predict the *normalised state change* ``x = (s' - s - mu_d) / sd_d``
 given ``c = ((s - mu_s) / sd_s, a)``:
@@ -37,7 +38,7 @@ import functools
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,12 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from rich.console import Console
-from rich.table import Table
 
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.data import Dataset, load_dataset
+from mpcdwm.envs import check_dataset_against_env
 from mpcdwm.nets import MLP, Ensemble, sinusoidal_embedding
 from mpcdwm.train import fit
+from mpcdwm.world_quality import print_quality, world_model_quality
 
 Params = Any
 Batch = dict[str, jax.Array]
@@ -632,6 +634,7 @@ def train_world_model(cfg: TrainWorldModelConfig, dataset: Dataset | None = None
     console = Console(stderr=True)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)
+        check_dataset_against_env(dataset)
     if dataset.dropped_rows:
         console.print(f"[yellow]dropped {dataset.dropped_rows} row(s) with NaN/inf[/]")
     if cfg.val_fraction > 0:
@@ -769,189 +772,3 @@ def load_world_model(run_dir_or_ckpt: str | Path, env_id: str | None = None) -> 
     return make_world_model(
         params, cfg, norm, obs_dim=obs_dim, act_dim=act_dim, env_id=meta["env_id"], meta=meta
     )
-
-
-# --------------------------------------------------------------------------- quality
-
-
-def world_model_quality(
-    wm: WorldModel,
-    dataset: Dataset,
-    key: jax.Array,
-    *,
-    horizons: Sequence[int] = (1, 5, 10),
-    max_transitions: int = 10_000,
-    num_windows: int = 256,
-) -> dict[str, Any]:
-    """Held-out quality of ``wm`` on ``dataset`` (use the validation split).
-
-    * ``one_step_mse`` / ``one_step_mse_per_dim``: MSE of one sampled ``s'`` in
-      units of the observation std, and ``no_change_mse`` for predicting
-      ``s' = s`` (``one_step_ratio`` = model / no-change; lower is better).
-    * ``open_loop_mse[H]``: the same error after ``H`` steps of rolling the model
-      along held-out trajectories with their recorded actions (no-change baseline
-      beside it); windows stay inside one episode.
-    * ``reward_mse``, ``reward_mae`` (raw units), ``reward_nmse`` (/ reward var).
-    * ``termination_accuracy``, ``termination_balanced_accuracy`` (P > 0.5 vs the
-      recorded terminals), ``terminals``.
-    """
-    if dataset.obs_dim != wm.obs_dim or dataset.act_dim != wm.act_dim:
-        raise ValueError(
-            f"dataset {dataset.name!r} has obs/act sizes ({dataset.obs_dim}, {dataset.act_dim}) "
-            f"but the world model ({wm.env_id}) expects ({wm.obs_dim}, {wm.act_dim}). "
-            "Evaluate on data from the environment the model was trained on."
-        )
-    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
-    k_one, k_roll = jax.random.split(key)
-    n = len(dataset)
-    idx = np.sort(rng.choice(n, min(n, max_transitions), replace=False))
-    s, a = dataset.observations[idx], dataset.actions[idx]
-    s1, r, done = dataset.next_observations[idx], dataset.rewards[idx], dataset.terminals[idx]
-    std = np.asarray(wm.consts["obs_std"], np.float32)
-
-    pred_s1, pred_r, p_done = _one_step(wm, wm.params, s, a, s1, wm.sample_noise(k_one, (len(s),)))
-    pred_s1, pred_r, p_done = map(np.asarray, (pred_s1, pred_r, p_done))
-    per_dim = (((pred_s1 - s1) / std) ** 2).mean(0)
-    no_change = (((s - s1) / std) ** 2).mean(0)
-    out: dict[str, Any] = {
-        "model": wm.kind,
-        "transitions": int(len(idx)),
-        "one_step_mse": float(per_dim.mean()),
-        "one_step_mse_per_dim": per_dim.tolist(),
-        "no_change_mse": float(no_change.mean()),
-        "one_step_ratio": float(per_dim.mean() / max(no_change.mean(), 1e-12)),
-        "reward_mse": float(((pred_r - r) ** 2).mean()),
-        "reward_mae": float(np.abs(pred_r - r).mean()),
-        "reward_nmse": float(((pred_r - r) ** 2).mean() / max(r.var(), 1e-12)),
-    }
-    pred_done = p_done > 0.5
-    out["terminals"] = int(done.sum())
-    out["termination_accuracy"] = float((pred_done == done).mean())
-    if done.any() and (~done).any():
-        tpr, tnr = pred_done[done].mean(), (~pred_done[~done]).mean()
-        out["termination_balanced_accuracy"] = float(0.5 * (tpr + tnr))
-    else:
-        out["termination_balanced_accuracy"] = None
-
-    out["open_loop_mse"], out["open_loop_no_change_mse"], out["open_loop_windows"] = {}, {}, 0
-    horizons = sorted({int(h) for h in horizons})
-    if horizons:
-        starts = _window_starts(dataset, max(horizons))
-        if len(starts):
-            starts = np.sort(rng.choice(starts, min(len(starts), num_windows), replace=False))
-            hmax = max(horizons)
-            steps = starts[:, None] + np.arange(hmax)  # (W, H)
-            actions = dataset.actions[steps]
-            truth = dataset.next_observations[steps]  # (W, H, obs_dim)
-            noise = wm.sample_noise(k_roll, (hmax, len(starts)))
-            preds = np.asarray(
-                _open_loop(wm, wm.params, dataset.observations[starts], actions, noise)
-            )
-            s0 = dataset.observations[starts]
-            for h in horizons:
-                err = (((preds[:, h - 1] - truth[:, h - 1]) / std) ** 2).mean()
-                base = (((s0 - truth[:, h - 1]) / std) ** 2).mean()
-                out["open_loop_mse"][str(h)] = _finite(err)
-                out["open_loop_no_change_mse"][str(h)] = _finite(base)
-            out["open_loop_windows"] = int(len(starts))
-    return out
-
-
-def _finite(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None  # diverged rollouts: null in JSON
-
-
-def _window_starts(dataset: Dataset, horizon: int) -> np.ndarray:
-    """Rows ``t`` such that rows ``t .. t+horizon-1`` are consecutive steps of one episode."""
-    ends = dataset.episode_ends
-    episode = np.r_[0, np.cumsum(ends)[:-1]]
-    last = len(dataset) - horizon
-    if last < 0:
-        return np.zeros(0, np.int64)
-    t = np.arange(last + 1)
-    return t[episode[t] == episode[t + horizon - 1]]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _one_step(wm: WorldModel, params, s, a, s1, noise):
-    step = jax.vmap(
-        lambda s, a, s1, z: (
-            wm.next_state(params, s, a, z),
-            wm.reward(params, s, a),
-            wm.done_prob(params, s, a, s1),
-        )
-    )
-    return step(s, a, s1, noise)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _open_loop(wm: WorldModel, params, s0, actions, noise):
-    """Roll ``(W, obs)`` states along ``(W, H, act)`` actions; returns ``(W, H, obs)``."""
-    step_all = jax.vmap(lambda s, a, z: wm.next_state(params, s, a, z))
-
-    def step(s, inp):
-        a, z = inp
-        s = step_all(s, a, z)
-        return s, s
-
-    _, states = jax.lax.scan(step, s0, (jnp.swapaxes(actions, 0, 1), noise))
-    return jnp.swapaxes(states, 0, 1)
-
-
-def print_quality(
-    results: dict[str, dict[str, Any]], console: Console | None = None, title: str = "quality"
-) -> Table:
-    """A rich table of quality reports, one column per model."""
-    console = console or Console(stderr=True)
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in results:
-        table.add_column(name, justify="right")
-    rows = [
-        ("one-step MSE (obs std units)", lambda q: q["one_step_mse"]),
-        ("  no-change MSE", lambda q: q["no_change_mse"]),
-        ("  ratio model / no-change", lambda q: q["one_step_ratio"]),
-    ]
-    first = next(iter(results.values()))
-    for h in first.get("open_loop_mse", {}):
-        rows.append((f"open-loop MSE, H={h}", lambda q, h=h: q["open_loop_mse"].get(h)))
-        rows.append((f"  no-change, H={h}", lambda q, h=h: q["open_loop_no_change_mse"].get(h)))
-    rows += [
-        ("reward MSE (raw)", lambda q: q["reward_mse"]),
-        ("reward NMSE", lambda q: q["reward_nmse"]),
-        ("termination accuracy", lambda q: q["termination_accuracy"]),
-        ("termination balanced acc.", lambda q: q["termination_balanced_accuracy"]),
-    ]
-    for label, get in rows:
-        cells = []
-        for q in results.values():
-            v = get(q)
-            cells.append("-" if v is None else f"{v:.4g}")
-        table.add_row(label, *cells)
-    console.print(table)
-    return table
-
-
-def quality_markdown(results: dict[str, dict[str, Any]]) -> str:
-    """The same comparison as a Markdown table (for BENCHMARKS.md)."""
-    names = list(results)
-    first = results[names[0]]
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-
-    def row(label: str, values: list[Any]) -> None:
-        cells = ["-" if v is None else f"{v:.4g}" for v in values]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    qs = [results[n] for n in names]
-    row("one-step MSE (obs std units)", [q["one_step_mse"] for q in qs])
-    row("no-change MSE", [q["no_change_mse"] for q in qs])
-    row("ratio model / no-change", [q["one_step_ratio"] for q in qs])
-    for h in first.get("open_loop_mse", {}):
-        row(f"open-loop MSE H={h}", [q["open_loop_mse"].get(h) for q in qs])
-        row(f"no-change H={h}", [q["open_loop_no_change_mse"].get(h) for q in qs])
-    row("reward MSE (raw)", [q["reward_mse"] for q in qs])
-    row("reward NMSE", [q["reward_nmse"] for q in qs])
-    row("termination accuracy", [q["termination_accuracy"] for q in qs])
-    row("termination balanced acc.", [q["termination_balanced_accuracy"] for q in qs])
-    return "\n".join(lines)
