@@ -1,10 +1,11 @@
 """PointMaze: offline ReBRAC vs ReBRAC + MPCwDWM (success rate = normalized score / 100).
 
-Collects a PointMaze dataset with the BFS waypoint controller (``mpcdwm.maze``), trains
-ReBRAC (actor BC weight ``--actor-bc-coef``: the MuJoCo default gets no successes here)
-and a diffusion world model on it, then evaluates the base policy and the planners in
-the real env. Everything lands in ``OUT``; a re-run keeps the dataset and resumes the
-training stages from their checkpoints (the evaluation runs again).
+Collects a PointMaze dataset with the BFS waypoint controller (``mpcdwm.maze``), then runs
+``mpcdwm.pipeline.run`` on it: ReBRAC (actor BC weight ``--actor-bc-coef``: the MuJoCo
+default gets no successes here) at batch 256, a diffusion world model, and the base policy
+and the planners in the real env. Everything lands in ``OUT``; a re-run keeps the dataset,
+resumes the training stages from their checkpoints, and skips an evaluation already done
+with the same settings.
 
     python benchmarks/bench_maze.py --env PointMaze_UMaze-v3 --episodes 20
 """
@@ -16,11 +17,9 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mpcdwm.agents import TrainAgentConfig, train_agent
-from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.maze import write_pointmaze_dataset
 from mpcdwm.mpc import MPCConfig
-from mpcdwm.world import TrainWorldModelConfig, train_world_model
+from mpcdwm.pipeline import AgentStage, EvalStage, RunConfig, WorldModelStage, run
 
 
 def main() -> None:
@@ -42,37 +41,24 @@ def main() -> None:
         write_pointmaze_dataset(
             args.env, episodes=args.data_episodes, seed=args.seed + 4, out=str(data)
         )
-    train_agent(
-        TrainAgentConfig(
+    run(
+        RunConfig(
             dataset=str(data),
-            steps=args.agent_steps,
-            actor_bc_coef=args.actor_bc_coef,
-            batch_size=256,
-            out=out / "agent",
+            out=out,
             seed=args.seed,
-            eval_every=args.agent_steps,
-            eval_episodes=0,
-            progress=False,
-        )
-    )
-    train_world_model(
-        TrainWorldModelConfig(
-            dataset=str(data), steps=args.world_model_steps, out=out / "world_model",
-            seed=args.seed, progress=False,
-        )
-    )  # fmt: skip
-    path = evaluate(
-        EvaluateConfig(
-            agent=out / "agent",
-            world_model=out / "world_model",
-            planner=tuple(args.planners),
-            episodes=args.episodes,
-            seed=args.seed,
-            out=out / "eval",
+            agent=AgentStage(
+                kind="rebrac",
+                steps=args.agent_steps,
+                batch_size=256,
+                set=(f"actor_bc_coef={args.actor_bc_coef}",),
+            ),
+            world_model=WorldModelStage(kind="diffusion", steps=args.world_model_steps),
+            eval=EvalStage(planners=tuple(args.planners), episodes=args.episodes),
             mpc=MPCConfig(),
             progress=False,
         )
     )
+    path = out / "eval" / "eval.json"
     res = json.loads(path.read_text())["planners"]
     print(f"# bench_maze ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
     print(

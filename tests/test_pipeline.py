@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from mpcdwm.collect import CollectConfig, collect
+from mpcdwm.configs import config_from_mapping
 from mpcdwm.mpc import MPCConfig
-from mpcdwm.pipeline import RunConfig, run
+from mpcdwm.pipeline import AgentStage, EvalStage, RunConfig, WorldModelStage, run
 from mpcdwm.report import ReportConfig, report
 
 TINY_MPC = MPCConfig(adapt_steps=2, num_rollouts=4, horizon=3)
@@ -39,11 +40,9 @@ def _tiny_run(dataset: str, out: Path, seed: int = 0) -> RunConfig:
         dataset=dataset,
         out=out,
         seed=seed,
-        agent_steps=300,
-        world_model_steps=300,
-        planners=("none", "mpc"),
-        episodes=2,
-        max_episode_steps=25,
+        agent=AgentStage(steps=300),
+        world_model=WorldModelStage(steps=300),
+        eval=EvalStage(planners=("none", "mpc"), episodes=2, max_steps=25),
         mpc=TINY_MPC,
         progress=False,
     )
@@ -70,7 +69,8 @@ def test_run_writes_every_stage(finished_run):
         assert len(entry["returns"]) == 2
         assert {"mean", "std"} <= set(entry["normalized_score"])
     saved = yaml.safe_load((finished_run / "config.yaml").read_text())
-    assert saved["agent_steps"] == 300 and saved["mpc"]["horizon"] == 3
+    assert saved["agent"]["steps"] == 300 and saved["mpc"]["horizon"] == 3
+    assert saved["agent"]["set"] == [] and saved["eval"]["planners"] == ["none", "mpc"]
 
 
 def test_rerun_skips_finished_stages_and_redoes_missing_ones(finished_run, tiny_dataset, capfd):
@@ -98,6 +98,50 @@ def test_rerun_skips_finished_stages_and_redoes_missing_ones(finished_run, tiny_
     assert json.loads(eval_json.read_text())["config"]["mpc"]["terminal_action"] == "pretrained"
 
 
+def test_changed_stage_identity_is_refused(finished_run, tiny_dataset):
+    """An agent override (or kind) other than the one trained in the run dir is refused
+    before anything runs, also against a config.yaml written before stages were nested."""
+    cfg = _tiny_run(tiny_dataset, finished_run)
+    config = finished_run / "config.yaml"
+    saved = config.read_text()
+    override = dataclasses.replace(cfg.agent, set=("actor_bc_coef=0.1",))
+    with pytest.raises(ValueError, match=r"agent\.set=\['actor_bc_coef=0\.1'\].*new --out"):
+        run(dataclasses.replace(cfg, agent=override))
+    assert config.read_text() == saved
+    flat = {"dataset": tiny_dataset, "seed": 0, "agent": "iql", "agent_steps": 300}
+    try:
+        config.write_text(yaml.safe_dump(flat))
+        with pytest.raises(ValueError, match="agent.kind='iql'"):
+            run(cfg)
+    finally:
+        config.write_text(saved)
+
+
+def test_run_flags_are_grouped_by_stage():
+    import tyro
+
+    cfg = tyro.cli(
+        RunConfig,
+        args=[
+            "--dataset",
+            "d",
+            "--agent.kind",
+            "td3bc",
+            "--agent.set",
+            "actor_bc_coef=0.1",
+            "--world-model.denoise-steps",
+            "3",
+            "--eval.planners",
+            "none",
+            "--mpc.horizon",
+            "4",
+        ],
+    )
+    assert cfg.agent == AgentStage(kind="td3bc", set=("actor_bc_coef=0.1",))
+    assert cfg.world_model == WorldModelStage(denoise_steps=3)
+    assert cfg.eval.planners == ("none",) and cfg.mpc.horizon == 4
+
+
 def test_killed_run_resumes(tiny_dataset, tmp_path):
     """Kill `mpcdwm run` while the agent trains; the second run resumes from its checkpoint."""
     out = tmp_path / "killed"
@@ -110,7 +154,7 @@ def test_killed_run_resumes(tiny_dataset, tmp_path):
         tiny_dataset,
         "--out",
         str(out),
-        "--agent-steps",
+        "--agent.steps",
         "200000",
         "--checkpoint-every",
         "300",
@@ -146,7 +190,11 @@ def test_killed_run_resumes(tiny_dataset, tmp_path):
 
 
 def test_report_table_matches_eval_json_and_plots_are_real(finished_run, tiny_dataset, tmp_path):
-    second = run(_tiny_run(tiny_dataset, tmp_path / "seed1", seed=1))
+    # The second seed evaluates the planner settings finished_run's eval.json holds now (an
+    # earlier test may have re-evaluated it with others): one method, two seeds.
+    stored = json.loads((finished_run / "eval" / "eval.json").read_text())["config"]["mpc"]
+    cfg = _tiny_run(tiny_dataset, tmp_path / "seed1", seed=1)
+    second = run(dataclasses.replace(cfg, mpc=config_from_mapping(MPCConfig, stored)))
     out = report(ReportConfig(runs=(finished_run, second), out=tmp_path / "report"))
     summary = json.loads((out.parent / "summary.json").read_text())
     seed_means = {}
@@ -154,11 +202,13 @@ def test_report_table_matches_eval_json_and_plots_are_real(finished_run, tiny_da
         result = json.loads((run_dir / "eval" / "eval.json").read_text())
         for planner, entry in result["planners"].items():
             seed_means.setdefault(planner, []).append(entry["normalized_score"]["mean"])
-    by_method = {row["method"].split(" ")[0]: row for row in summary}
+    by_method = {row["method"].split(" ")[0]: row for row in summary["methods"]}
     for planner, key in (("none", "base"), ("mpc", "mpc")):
-        assert by_method[key]["seeds"] == 2
-        np.testing.assert_allclose(by_method[key]["mean"], np.mean(seed_means[planner]), rtol=1e-9)
-        np.testing.assert_allclose(by_method[key]["std"], np.std(seed_means[planner]), rtol=1e-9)
+        row = by_method[key]
+        assert row["n_seeds"] == 2 and row["n_episodes"] == 4
+        # Episodes pooled over seeds with as many per seed: the mean of the seed means.
+        np.testing.assert_allclose(row["mean"], np.mean(seed_means[planner]), rtol=1e-9)
+        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
     text = out.read_text()
     assert f"{by_method['base']['mean']:.1f}" in text
     for png in ("scores.png", "score_vs_latency.png"):
@@ -177,10 +227,9 @@ def test_sweep_on_local_ray_reports_failures_and_gathers_the_rest(
         "datasets": [tiny_dataset, str(tmp_path / "no-such-dataset")],
         "seeds": [0],
         "base": {
-            "agent_steps": 200,
-            "world_model_steps": 200,
-            "episodes": 1,
-            "max_episode_steps": 10,
+            "agent": {"steps": 200},
+            "world_model": {"steps": 200},
+            "eval": {"episodes": 1, "max_steps": 10},
             "mpc": {"adapt_steps": 1, "num_rollouts": 2, "horizon": 2},
         },
         "grid": {"mpc.horizon": [2, 3]},
@@ -201,5 +250,5 @@ def test_sweep_on_local_ray_reports_failures_and_gathers_the_rest(
     assert len(failed) == 2 and all("no-such-dataset" in n for n in failed)
     assert all("no-such-dataset" in t["detail"] for t in failed.values())
     summary = json.loads((report_md.parent / "summary.json").read_text())
-    labels = {row["method"] for row in summary}
+    labels = {row["method"] for row in summary["methods"]}
     assert any("H=2" in label for label in labels) and any("H=3" in label for label in labels)

@@ -25,12 +25,55 @@ import yaml
 from rich.console import Console
 from rich.rule import Rule
 
+from mpcdwm.agents import AgentName, TrainAgentConfig, train_agent
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
+from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.mpc import MPCConfig
 from mpcdwm.report import ReportConfig, report
-from mpcdwm.sweep import SweepConfig, sweep
+from mpcdwm.world import TrainWorldModelConfig, train_world_model
 
 Planner = Literal["none", "mpc", "action-grad", "mppi"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentStage:
+    """The base agent of a run (flags ``--agent.*``; ``mpcdwm train-agent`` trains it)."""
+
+    kind: AgentName = "rebrac"
+    """Which agent: rebrac (the paper's base), iql, or td3bc."""
+    steps: int = 100_000
+    """Gradient steps for the base agent."""
+    batch_size: int | None = None
+    """Batch size (None: the agent's published preset, 1024 for ReBRAC on MuJoCo)."""
+    set: tuple[str, ...] = ()
+    """Any other agent config field as FIELD=VALUE, e.g. ``--agent.set actor_bc_coef=0.1``
+    (train-agent's --agent-set)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldModelStage:
+    """The world model of a run (flags ``--world-model.*``; ``mpcdwm train-world-model``)."""
+
+    kind: Literal["diffusion", "flow", "mlp"] = "diffusion"
+    """Transition model: conditional diffusion, flow matching, or plain MLP."""
+    steps: int = 50_000
+    """Gradient steps for the world model."""
+    denoise_steps: int = 5
+    """Denoising steps of the diffusion model."""
+    flow_steps: int = 2
+    """Integration steps of the flow-matching model (1-4)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalStage:
+    """The evaluation of a run in the real env (flags ``--eval.*``; ``mpcdwm evaluate``)."""
+
+    planners: tuple[Planner, ...] = ("none", "mpc")
+    """Methods: none (base policy), mpc (MPCwDWM), action-grad, mppi."""
+    episodes: int = 10
+    """Evaluation episodes per planner."""
+    max_steps: int | None = None
+    """Cut evaluation episodes at this many steps (None: the env's own limit)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,24 +85,11 @@ class RunConfig:
     out: Path = Path("runs/run")
     """Run directory; re-running with the same folder resumes."""
     seed: int = 0
-    agent: Literal["rebrac", "iql", "td3bc"] = "rebrac"
-    agent_steps: int = 100_000
-    """Gradient steps for the base agent."""
-    agent_batch_size: int | None = None
-    """Base agent's batch size (None: the agent's published preset, 1024 for ReBRAC on MuJoCo)."""
-    world_model: Literal["diffusion", "flow", "mlp"] = "diffusion"
-    world_model_steps: int = 50_000
-    denoise_steps: int = 5
-    """Denoising steps of the diffusion model."""
-    flow_steps: int = 2
-    """Integration steps of the flow-matching model (1-4)."""
     checkpoint_every: int = 10_000
     """Checkpoint the agent and world model every this many updates (a killed run resumes)."""
-    planners: tuple[Planner, ...] = ("none", "mpc")
-    episodes: int = 10
-    """Evaluation episodes per planner."""
-    max_episode_steps: int | None = None
-    """Cut evaluation episodes at this many steps (None: the env's own limit)."""
+    agent: AgentStage = dataclasses.field(default_factory=AgentStage)
+    world_model: WorldModelStage = dataclasses.field(default_factory=WorldModelStage)
+    eval: EvalStage = dataclasses.field(default_factory=EvalStage)
     mpc: MPCConfig = dataclasses.field(default_factory=MPCConfig)
     """Budget and options of the inference-time adaptation (and the comparison planners)."""
     progress: bool = True
@@ -72,15 +102,17 @@ class DemoConfig:
 
     out: Path = Path("runs/demo")
     seed: int = 0
-    agent: Literal["rebrac", "iql", "td3bc"] = "td3bc"
+    agent: AgentStage = dataclasses.field(
+        default_factory=lambda: AgentStage(kind="td3bc", steps=10_000, batch_size=256)
+    )
     """Base agent. TD3+BC (ReBRAC without its tricks) reaches the data's level within the
-    demo's budget; ReBRAC, the paper's base, needs far more updates (normalized 4.5-8 after 10k
-    here, its hopper falls at once). ``mpcdwm run`` defaults to ReBRAC."""
-    agent_steps: int = 10_000
-    agent_batch_size: int = 256
-    """TD3+BC's own batch; for ReBRAC, 4x smaller (and cheaper per step) than its MuJoCo preset."""
-    world_model_steps: int = 10_000
-    episodes: int = 3
+    demo's budget at its own batch of 256; ReBRAC, the paper's base, needs far more updates
+    (normalized 4.5-8 after 10k here, its hopper falls at once). ``mpcdwm run`` defaults to
+    ReBRAC."""
+    world_model: WorldModelStage = dataclasses.field(
+        default_factory=lambda: WorldModelStage(steps=10_000)
+    )
+    eval: EvalStage = dataclasses.field(default_factory=lambda: EvalStage(episodes=3))
     progress: bool = True
 
 
@@ -105,15 +137,54 @@ def _stage_done(ckpt_dir: Path, steps: int) -> bool:
     return bool(meta.get("done")) and int(meta.get("step", 0)) >= steps
 
 
-# Config fields that decide what a trained stage *is*: changing one in an existing run
-# directory would silently mix models, so it is refused. Step budgets may grow.
+# Config fields (dotted paths into config.yaml) that decide what a trained stage *is*:
+# changing one in an existing run directory would silently mix models, so it is refused.
+# Step budgets may grow.
 _STAGE_IDENTITY = {
-    "agent": ("dataset", "seed", "agent"),
-    "world_model": ("dataset", "seed", "world_model", "denoise_steps", "flow_steps"),
+    "agent": ("dataset", "seed", "agent.kind", "agent.batch_size", "agent.set"),
+    "world_model": (
+        "dataset",
+        "seed",
+        "world_model.kind",
+        "world_model.denoise_steps",
+        "world_model.flow_steps",
+    ),
+}
+
+# config.yaml of runs made before the stages were nested: flat key -> dotted path.
+_FLAT_KEYS = {
+    "agent_steps": "agent.steps",
+    "agent_batch_size": "agent.batch_size",
+    "world_model_steps": "world_model.steps",
+    "denoise_steps": "world_model.denoise_steps",
+    "flow_steps": "world_model.flow_steps",
+    "planners": "eval.planners",
+    "episodes": "eval.episodes",
+    "max_episode_steps": "eval.max_steps",
 }
 
 
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config mapping -> {dotted path: value}; a flat (older) config.yaml is read
+    in today's paths, its agent having had no ``agent.set`` overrides."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if not prefix and isinstance(value, str) and key in ("agent", "world_model"):
+            out[f"{key}.kind"] = value  # flat layout: the stage's kind
+            if key == "agent":
+                out["agent.set"] = []
+        elif not prefix and key in _FLAT_KEYS:
+            out[_FLAT_KEYS[key]] = value
+        elif isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _check_resumable(previous: dict[str, Any], effective: dict[str, Any], out: Path) -> None:
+    """Refuse a config that changes a stage identity of a stage trained in ``out``
+    (both arguments: flattened config mappings)."""
     for stage, keys in _STAGE_IDENTITY.items():
         if not (out / stage / "checkpoint.ckpt").exists():
             continue
@@ -172,19 +243,16 @@ def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
 
 def run(cfg: RunConfig) -> Path:
     """Run (or resume) every stage; returns the run directory."""
-    from mpcdwm.agents import TrainAgentConfig, train_agent
-    from mpcdwm.evaluate import EvaluateConfig, evaluate
-    from mpcdwm.world import TrainWorldModelConfig, train_world_model
-
     console = Console(stderr=True)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     effective = _to_plain(cfg)
     config_path = out / "config.yaml"
     if config_path.exists():
-        previous = yaml.safe_load(config_path.read_text()) or {}
-        _check_resumable(previous, effective, out)
-        changed = sorted(k for k in effective if previous.get(k) != effective[k])
+        previous = _flatten(yaml.safe_load(config_path.read_text()) or {})
+        now = _flatten(effective)
+        _check_resumable(previous, now, out)
+        changed = sorted(k for k in now if previous.get(k) != now[k])
         if changed:
             console.print(
                 f"[yellow]note:[/] {config_path} differs in {changed}; trained stages are kept "
@@ -196,16 +264,18 @@ def run(cfg: RunConfig) -> Path:
     t_start = time.perf_counter()
     agent_dir, wm_dir, eval_dir = out / "agent", out / "world_model", out / "eval"
 
-    console.print(Rule(f"[1/{stages}] base agent: {cfg.agent}"))
-    if _stage_done(agent_dir, cfg.agent_steps):
+    agent, wm, ev = cfg.agent, cfg.world_model, cfg.eval
+    console.print(Rule(f"[1/{stages}] base agent: {agent.kind}"))
+    if _stage_done(agent_dir, agent.steps):
         console.print(f"done already ({agent_dir}); skipped")
     else:
         train_agent(
             TrainAgentConfig(
                 dataset=cfg.dataset,
-                agent=cfg.agent,
-                steps=cfg.agent_steps,
-                batch_size=cfg.agent_batch_size,
+                agent=agent.kind,
+                steps=agent.steps,
+                batch_size=agent.batch_size,
+                agent_set=agent.set,
                 out=agent_dir,
                 seed=cfg.seed,
                 checkpoint_every=cfg.checkpoint_every,
@@ -213,38 +283,38 @@ def run(cfg: RunConfig) -> Path:
             )
         )
 
-    needs_world = any(p != "none" for p in cfg.planners)
-    console.print(Rule(f"[2/{stages}] world model: {cfg.world_model}"))
+    needs_world = any(p != "none" for p in ev.planners)
+    console.print(Rule(f"[2/{stages}] world model: {wm.kind}"))
     if not needs_world:
-        console.print("no planner needs it (--planners none); skipped")
-    elif _stage_done(wm_dir, cfg.world_model_steps):
+        console.print("no planner needs it (--eval.planners none); skipped")
+    elif _stage_done(wm_dir, wm.steps):
         console.print(f"done already ({wm_dir}); skipped")
     else:
         train_world_model(
             TrainWorldModelConfig(
                 dataset=cfg.dataset,
-                model=cfg.world_model,
-                steps=cfg.world_model_steps,
+                model=wm.kind,
+                steps=wm.steps,
                 out=wm_dir,
                 seed=cfg.seed,
-                denoise_steps=cfg.denoise_steps,
-                flow_steps=cfg.flow_steps,
+                denoise_steps=wm.denoise_steps,
+                flow_steps=wm.flow_steps,
                 checkpoint_every=cfg.checkpoint_every,
                 progress=cfg.progress,
             )
         )
 
-    console.print(Rule(f"[3/{stages}] evaluation: {', '.join(cfg.planners)}"))
+    console.print(Rule(f"[3/{stages}] evaluation: {', '.join(ev.planners)}"))
     eval_json = eval_dir / "eval.json"
     eval_cfg = EvaluateConfig(
         agent=agent_dir,
         world_model=wm_dir if needs_world else None,
-        planner=cfg.planners,
-        episodes=cfg.episodes,
+        planner=ev.planners,
+        episodes=ev.episodes,
         seed=cfg.seed,
         out=eval_dir,
         mpc=cfg.mpc,
-        max_steps=cfg.max_episode_steps,
+        max_steps=ev.max_steps,
         progress=cfg.progress,
     )
     if eval_json.exists() and _same_eval_config(json.loads(eval_json.read_text()), eval_cfg):
@@ -269,19 +339,8 @@ def demo(cfg: DemoConfig) -> Path:
             out=cfg.out,
             seed=cfg.seed,
             agent=cfg.agent,
-            agent_steps=cfg.agent_steps,
-            agent_batch_size=cfg.agent_batch_size,
-            world_model_steps=cfg.world_model_steps,
-            planners=("none", "mpc"),
-            episodes=cfg.episodes,
+            world_model=cfg.world_model,
+            eval=cfg.eval,
             progress=cfg.progress,
         )
     )
-
-
-COMMANDS = {
-    "run": (RunConfig, run),
-    "report": (ReportConfig, report),
-    "sweep": (SweepConfig, sweep),
-    "demo": (DemoConfig, demo),
-}

@@ -5,12 +5,12 @@ A sweep file (YAML or TOML)::
     out: runs/sweep                 # every trial is an ordinary run directory below this
     datasets: [mpcdwm/hopper-medium-v0, mpcdwm/walker2d-medium-v0]
     seeds: [0, 1, 2]
-    base:                           # RunConfig fields shared by all trials
-      agent_steps: 100000
-      episodes: 10
+    base:                           # RunConfig fields shared by all trials (as in --config)
+      agent: {steps: 100000}
+      eval: {episodes: 10}
     grid:                           # RunConfig fields to vary; dotted keys reach nested configs
       mpc.horizon: [3, 5]
-      world_model: [diffusion, flow]
+      world_model.kind: [diffusion, flow]
     retries: 1                      # re-runs of a failed trial before it is reported failed
     cpus_per_trial: 1
 
@@ -32,6 +32,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mpcdwm.configs import config_from_mapping, read_mapping_file, set_dotted
+from mpcdwm.pipeline import RunConfig, run
+from mpcdwm.report import ReportConfig, report
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
@@ -51,11 +55,10 @@ class Trial:
     run_config: dict[str, Any]
 
 
-def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-    target[parts[-1]] = value
+def _tag_key(key: str) -> str:
+    """How a grid key names trial folders: ``mpc.horizon`` -> ``horizon``; a stage field
+    keeps its stage (``world_model.kind``, ``agent.steps``)."""
+    return key.removeprefix("mpc.")
 
 
 def expand_trials(spec: dict[str, Any]) -> list[Trial]:
@@ -74,8 +77,8 @@ def expand_trials(spec: dict[str, Any]) -> list[Trial]:
     ):
         cfg: dict[str, Any] = json.loads(json.dumps(spec.get("base") or {}))
         for key, value in zip(keys, values, strict=True):
-            _set_dotted(cfg, key, value)
-        tag = "_".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+            set_dotted(cfg, key, value)
+        tag = "_".join(f"{_tag_key(k)}={v}" for k, v in zip(keys, values, strict=True))
         name = f"{Path(str(dataset)).name.replace('/', '-')}/seed{seed}" + (
             f"/{tag}" if tag else ""
         )
@@ -86,20 +89,15 @@ def expand_trials(spec: dict[str, Any]) -> list[Trial]:
 
 def run_trial(run_config: dict[str, Any]) -> str:
     """Run one trial in this process (what each Ray task executes); returns its run dir."""
-    from mpcdwm.cli import config_from_mapping
-    from mpcdwm.pipeline import RunConfig, run
-
     return str(run(config_from_mapping(RunConfig, run_config)))
 
 
 def sweep(cfg: SweepConfig) -> Path:
     """Run every trial of the sweep file on Ray; returns the report path."""
-    import ray
-
-    from mpcdwm.report import ReportConfig, report
+    import ray  # the optional `ray` extra
 
     console = Console(stderr=True)
-    spec = _read_spec(cfg.config)
+    spec = read_mapping_file(cfg.config, "sweep file")
     trials = expand_trials(spec)
     out = Path(spec.get("out", "runs/sweep"))
     retries = int(spec.get("retries", 1))
@@ -155,19 +153,3 @@ def _remote_trial(run_config: dict[str, Any]) -> str:
     except Exception as err:
         # Ray pickles exceptions; keep the message and the traceback text in one error.
         raise RuntimeError(f"{err}\n{traceback.format_exc(limit=3)}") from None
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
-
-        return tomllib.loads(text)
-    import yaml
-
-    spec = yaml.safe_load(text)
-    if not isinstance(spec, dict):
-        raise ValueError(f"sweep file {path} must hold a mapping")
-    return spec
