@@ -13,6 +13,7 @@ AntMaze-v5 leaves out contact forces (31 = D4RL's 29 + goal). See :mod:`mpcdwm.m
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -130,3 +131,73 @@ def check_dataset_against_env(dataset: Dataset) -> None:
         check_against_env(dataset, env)
     finally:
         env.close()
+
+
+# ----------------------------------------------------------------- health rules
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthRule:
+    """An env's termination rule on flat observations: the episode ends as soon as some
+    ``obs[index[k]]`` leaves the open interval ``(low[k], high[k])`` (or is not finite).
+
+    Read from the Gymnasium v5 env itself by :func:`health_rule`, so it follows the env's
+    own ``healthy_*_range`` settings; model-based offline RL (MOPO, MOBILE) uses the same
+    known rules for imagined rollouts.
+    """
+
+    env_id: str
+    index: tuple[int, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def healthy(self, obs: np.ndarray) -> np.ndarray:
+        """``(..., obs_dim) -> (...)`` bool, as the env's ``is_healthy``."""
+        x = np.asarray(obs)[..., list(self.index)]
+        inside = (x > np.asarray(self.low)) & (x < np.asarray(self.high))
+        return inside.all(-1) & np.isfinite(obs).all(-1)
+
+
+def health_rule(env: gym.Env) -> HealthRule | None:
+    """The health rule of a MuJoCo locomotion env (Hopper, Walker2d, Ant, Humanoid-style
+    ``healthy_*_range`` attributes), in observation coordinates; None when the env has no
+    such rule or does not terminate on it (``terminate_when_unhealthy=False``).
+
+    Planar bodies (Hopper, Walker2d: a ``healthy_angle_range``) keep height and angle at
+    ``qpos[1:3]``; others (Ant) the height at ``qpos[2]``. Hopper also bounds every entry of
+    ``state_vector()[2:]`` (``qpos[2:]`` and ``qvel``). Observation positions come from the
+    env's ``observation_structure`` (``skipped_qpos`` entries of qpos are not observed).
+    """
+    u = env.unwrapped
+    z_range = getattr(u, "_healthy_z_range", None)
+    structure = getattr(u, "observation_structure", None)
+    if z_range is None or structure is None or not getattr(u, "_terminate_when_unhealthy", True):
+        return None
+    skipped, n_qpos = int(structure["skipped_qpos"]), int(structure["qpos"])
+
+    def qpos(j: int) -> int:
+        if j < skipped:
+            raise ValueError(f"qpos[{j}] is not observed in {env.spec.id if env.spec else env}")
+        return j - skipped
+
+    index, low, high = [], [], []
+
+    def bound(i: int, lo_hi: tuple[float, float]) -> None:
+        index.append(i)
+        low.append(float(lo_hi[0]))
+        high.append(float(lo_hi[1]))
+
+    angle_range = getattr(u, "_healthy_angle_range", None)
+    if angle_range is not None:  # planar: qpos = [x, z, angle, joints...]
+        bound(qpos(1), z_range)
+        bound(qpos(2), angle_range)
+        state_range = getattr(u, "_healthy_state_range", None)
+        if state_range is not None:  # state_vector()[2:] = qpos[2:] and qvel
+            for j in range(2, skipped + n_qpos):
+                bound(qpos(j), state_range)
+            for j in range(int(structure["qvel"])):
+                bound(n_qpos + j, state_range)
+    else:  # 3-D body: qpos = [x, y, z, quaternion, joints...]
+        bound(qpos(2), z_range)
+    env_id = env.spec.id if env.spec is not None else type(u).__name__
+    return HealthRule(env_id, tuple(index), tuple(low), tuple(high))
