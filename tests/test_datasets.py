@@ -254,7 +254,7 @@ def test_dict_observations_flatten_in_documented_order():
     assert flat.shape == (2, 7) and flat[1, 0] == 11.0
 
 
-def test_make_dataset_rejects_bad_reference_scores():
+def test_reference_scores_bad_or_missing():
     n = 10
     arrays = dict(
         observations=np.zeros((n, 2)),
@@ -266,3 +266,9 @@ def test_make_dataset_rejects_bad_reference_scores():
     )
     with pytest.raises(DatasetError, match="ref_max_score"):
         make_dataset(arrays, name="x", env_id="X-v0", ref_min_score=5.0, ref_max_score=1.0)
+    # Without reference returns there is no normalized score, not 100 x the return.
+    unknown = make_dataset(arrays, name="x", env_id="X-v0")
+    assert unknown.ref_min_score is None and unknown.ref_max_score is None
+    assert np.isnan(unknown.normalized_score([3.0, 4.0])).all()
+    known = make_dataset(arrays, name="hopper-medium", env_id="Hopper-v5")
+    assert np.isfinite(known.normalized_score([1000.0])).all()

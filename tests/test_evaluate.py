@@ -59,13 +59,26 @@ def test_eval_json_layout(cfg, result):
         "seed",
         "ref_scores",
         "config",
+        "agent",
+        "mpc",
         "world_model",
         "planners",
     }
     assert data["env_id"] == "InvertedPendulum-v5" and data["seed"] == 7
     assert data["config"]["planner"] == list(cfg.planner)
     assert data["config"]["agent"] == str(cfg.agent) and data["config"]["mpc"]["horizon"] == 3
-    assert data["world_model"] == {"kind": "diffusion", "denoise_steps": 3, "flow_steps": 2}
+    wm = data["world_model"]
+    assert {k: wm[k] for k in ("kind", "denoise_steps", "flow_steps")} == {
+        "kind": "diffusion",
+        "denoise_steps": 3,
+        "flow_steps": 2,
+    }
+    # What was evaluated: each checkpoint's path, step, whether its run finished, digest.
+    agent = data["agent"]
+    assert agent["kind"] == "td3bc" and agent["done"] and agent["steps"] > 0
+    assert agent["path"] == str((cfg.agent / "checkpoint.ckpt").resolve())
+    assert len(agent["digest"]) == 64 and len(wm["digest"]) == 64 and wm["done"]
+    assert data["mpc"]["horizon"] == 3 and data["mpc"]["preset"] == "none"
     assert list(data["planners"]) == list(cfg.planner)
     for name, res in data["planners"].items():
         assert len(res["returns"]) == len(res["lengths"]) == len(res["normalized_scores"]) == 2
@@ -128,3 +141,43 @@ def test_agent_and_world_model_for_different_envs(cfg, tmp_path):
     save_checkpoint(tmp_path / "wm" / "checkpoint.ckpt", state, {**meta, "env_id": "Hopper-v5"})
     with pytest.raises(ValueError, match="Hopper-v5.*same dataset"):
         evaluate(dataclasses.replace(cfg, world_model=tmp_path / "wm", out=tmp_path / "o"))
+
+
+def test_unfinished_agent_is_evaluated_with_a_warning(runs, tmp_path, capfd):
+    """A run killed before its last step still evaluates, but says so and records it."""
+    from mpcdwm.checkpoint import load_checkpoint, save_checkpoint
+
+    agent_dir, _ = runs
+    raw, meta = load_checkpoint(agent_dir / "checkpoint.ckpt")
+    killed = tmp_path / "killed"
+    save_checkpoint(killed / "checkpoint.ckpt", raw, {**meta, "done": False, "step": 100})
+    path = evaluate(
+        EvaluateConfig(
+            agent=killed,
+            planner=("none",),
+            episodes=1,
+            out=tmp_path / "eval",
+            max_steps=5,
+            progress=False,
+        )
+    )
+    err = " ".join(capfd.readouterr().err.split())
+    assert "unfinished run (step 100 of" in err
+    agent = json.loads(path.read_text())["agent"]
+    assert (agent["done"], agent["steps"]) == (False, 100)
+
+
+def test_health_rule_termination_on_an_env_without_one_falls_back_with_a_note(cfg, capfd):
+    """InvertedPendulum has no healthy-range rule: --mpc.termination rule says so and uses
+    the learned termination model."""
+    out = evaluate(
+        dataclasses.replace(
+            cfg,
+            planner=("mpc",),
+            episodes=1,
+            mpc=dataclasses.replace(SMALL, termination="rule"),
+            out=cfg.out / "rule",
+        )
+    )
+    assert "no known health rule" in " ".join(capfd.readouterr().err.split())
+    assert json.loads(out.read_text())["mpc"]["termination"] == "rule"

@@ -98,6 +98,27 @@ def test_rerun_skips_finished_stages_and_redoes_missing_ones(finished_run, tiny_
     assert json.loads(eval_json.read_text())["config"]["mpc"]["terminal_action"] == "pretrained"
 
 
+def test_training_a_stage_further_makes_its_evaluation_stale(tiny_dataset, tmp_path, capfd):
+    """eval.json records which checkpoints it evaluated (step, digest); more agent steps on a
+    finished run train on and re-evaluate instead of keeping the old eval.json."""
+    cfg = dataclasses.replace(
+        _tiny_run(tiny_dataset, tmp_path / "run"),
+        eval=EvalStage(planners=("none",), episodes=1, max_steps=10),
+    )
+    run(cfg)
+    eval_json = tmp_path / "run" / "eval" / "eval.json"
+    first = json.loads(eval_json.read_text())["agent"]
+    assert (first["steps"], first["done"], first["kind"]) == (300, True, "rebrac")
+    capfd.readouterr()
+    run(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, steps=400)))
+    assert capfd.readouterr().err.count("skipped") == 1  # the world model only (not needed)
+    second = json.loads(eval_json.read_text())["agent"]
+    assert second["steps"] == 400 and second["digest"] != first["digest"]
+    # Unchanged now: the evaluation is done.
+    run(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, steps=400)))
+    assert capfd.readouterr().err.count("skipped") == 3
+
+
 def test_changed_stage_identity_is_refused(finished_run, tiny_dataset):
     """An agent override (or kind) other than the one trained in the run dir is refused
     before anything runs, also against a config.yaml written before stages were nested."""

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from flax import serialization
 
+from mpcdwm.files import writing
+
 MAGIC = b"MPCDWM-CKPT-1\n"
 _DIGEST = 32
 # tempfile.mkstemp names: prefix, 8 characters of this alphabet, suffix (CPython's
@@ -70,16 +72,17 @@ def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -
         {"meta": json.dumps(meta, sort_keys=True, default=_json_default), "state": state_dict}
     )
     blob = MAGIC + hashlib.sha256(payload).digest() + payload
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):  # a full disk names this checkpoint, not just "No space left"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
     return path
 
@@ -109,6 +112,17 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         except FileNotFoundError:  # removed meanwhile by someone else: fine
             continue
     return removed
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a checkpoint's payload (parameters and meta), read from its header:
+    two checkpoints with the same digest hold the same trained thing."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(len(MAGIC) + _DIGEST)
+    if not head.startswith(MAGIC) or len(head) < len(MAGIC) + _DIGEST:
+        raise CheckpointError(f"{path} is not an mpcdwm checkpoint (bad header).")
+    return head[len(MAGIC) :].hex()
 
 
 def load_checkpoint(

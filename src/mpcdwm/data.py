@@ -104,8 +104,10 @@ class Dataset:
     next_actions: np.ndarray
     name: str
     env_id: str
-    ref_min_score: float
-    ref_max_score: float
+    ref_min_score: float | None
+    """Return of a random policy (D4RL's 0 point); None when unknown."""
+    ref_max_score: float | None
+    """Return of an expert (D4RL's 100 point); None when unknown."""
     dropped_rows: int = 0
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -135,8 +137,11 @@ class Dataset:
         return sums.astype(np.float64)
 
     def normalized_score(self, returns: Any) -> np.ndarray:
-        """D4RL normalised score ``100 * (R - ref_min) / (ref_max - ref_min)``."""
+        """D4RL normalised score ``100 * (R - ref_min) / (ref_max - ref_min)``; NaN for a
+        dataset without reference returns (no score is better than a made-up one)."""
         returns = np.asarray(returns, np.float64)
+        if self.ref_min_score is None or self.ref_max_score is None:
+            return np.full(returns.shape, np.nan)
         return 100.0 * (returns - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
 
     def norm_stats(self, normalize_obs: bool = True, reward_scale: float = 1.0) -> NormStats:
@@ -284,11 +289,10 @@ def make_dataset(
         data = {k: v[keep] for k, v in data.items()}
         next_actions = next_actions[keep]
     if ref_min_score is None or ref_max_score is None:
-        refs = ref_scores_for(env_id) or ref_scores_for(name)
-        if refs is None:
-            refs = (0.0, 1.0)
+        # No reference returns: no normalized score (NaN), never a made-up (0, 1) range.
+        refs = ref_scores_for(env_id) or ref_scores_for(name) or (None, None)
         ref_min_score, ref_max_score = refs
-    if not ref_max_score > ref_min_score:
+    if ref_min_score is not None and not ref_max_score > ref_min_score:
         raise DatasetError(
             f"dataset {name!r}: ref_max_score ({ref_max_score}) must exceed ref_min_score "
             f"({ref_min_score}); fix the dataset metadata."
@@ -298,8 +302,8 @@ def make_dataset(
         next_actions=next_actions,
         name=name,
         env_id=env_id,
-        ref_min_score=float(ref_min_score),
-        ref_max_score=float(ref_max_score),
+        ref_min_score=None if ref_min_score is None else float(ref_min_score),
+        ref_max_score=None if ref_max_score is None else float(ref_max_score),
         dropped_rows=dropped,
         metadata=dict(metadata or {}),
     )

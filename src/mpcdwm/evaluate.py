@@ -3,14 +3,20 @@
 ``mpcdwm evaluate`` (:func:`evaluate`) runs the base policy and any planners of
 :mod:`mpcdwm.mpc` from checkpoints and writes ``OUT/eval.json``::
 
-    {"dataset", "env_id", "seed", "ref_scores": [min, max], "config": EvaluateConfig,
-     "world_model": {"kind", "denoise_steps", "flow_steps"} | null,
+    {"dataset", "env_id", "seed", "ref_scores": [min, max] | null, "config": EvaluateConfig,
+     "mpc": the MPCConfig in effect (its preset applied),
+     "agent": {"path", "kind", "steps", "done", "seed", "config", "digest"},
+     "world_model": {"kind", "denoise_steps", "flow_steps", "path", "steps", "done",
+                     "digest"} | null,
      "planners": {name: {"returns", "lengths", "normalized_scores",
                          "normalized_score": {"mean", "std"}, "latency_ms": {"median", "p95"},
                          "compile_s", "fallbacks", "diagnostics": {name: mean},
                          "config": {...}, "trace": {"real_return", "imagined_return_before",
                                                      "imagined_return_after"}}}}
 
+``agent`` and ``world_model`` say what was evaluated: each checkpoint's training step,
+whether its run had finished, and the SHA-256 of its payload (``digest``), so a later
+``mpcdwm run`` can tell that a stage trained further and re-evaluate.
 ``trace`` holds, per decision of episode 0, the cumulative real return before the
 decision and the imagined returns before/after planning. The episodes themselves
 run through :func:`mpcdwm.rollout.run_episodes`.
@@ -31,7 +37,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from mpcdwm.agents import TrainedAgent, load_agent
-from mpcdwm.mpc import PLANNERS, MPCConfig, make_planner, validate_config
+from mpcdwm.checkpoint import checkpoint_digest
+from mpcdwm.envs import health_rule, make_env
+from mpcdwm.mpc import PLANNERS, MPCConfig, make_planner, resolve, validate_config
 from mpcdwm.rollout import run_episodes
 from mpcdwm.world import load_world_model
 
@@ -101,6 +109,23 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+def _checkpoint_file(run_dir_or_ckpt: Path) -> Path:
+    path = Path(run_dir_or_ckpt)
+    return path / "checkpoint.ckpt" if path.is_dir() else path
+
+
+def checkpoint_record(run_dir_or_ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Which checkpoint was evaluated: its path, training step, whether its run finished,
+    and the digest of its payload (see :func:`mpcdwm.checkpoint.checkpoint_digest`)."""
+    path = _checkpoint_file(run_dir_or_ckpt)
+    return {
+        "path": str(path.resolve()),
+        "steps": meta.get("step"),
+        "done": bool(meta.get("done", False)),
+        "digest": checkpoint_digest(path),
+    }
+
+
 def evaluate(cfg: EvaluateConfig) -> Path:
     """Run every planner of ``cfg`` for ``cfg.episodes`` episodes; returns ``out/eval.json``."""
     _check_config(cfg)
@@ -119,6 +144,32 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 f"{world.env_id} (obs {world.obs_dim}, act {world.act_dim}); train both on "
                 "the same dataset."
             )
+    console = Console(stderr=True)
+    agent_record = {
+        "kind": agent.meta.get("agent"),
+        "seed": (agent.meta.get("config") or {}).get("seed"),
+        "config": agent.meta.get("agent_config"),
+        **checkpoint_record(cfg.agent, agent.meta),
+    }
+    if not agent_record["done"]:
+        target = (agent.meta.get("config") or {}).get("steps")
+        console.print(
+            f"[yellow]warning:[/] the agent in {cfg.agent} is from an unfinished run (step "
+            f"{agent_record['steps']} of {target}); its scores are not the trained agent's. "
+            "Re-run its training command to finish it."
+        )
+    mpc_cfg = resolve(cfg.mpc)
+    health = None
+    if mpc_cfg.termination != "learned" and any(p != "none" for p in cfg.planner):
+        env = make_env(agent.env_id)
+        health = health_rule(env)
+        env.close()
+        if health is None:
+            console.print(
+                f"[yellow]note:[/] {agent.env_id} has no known health rule; imagined episodes "
+                f"end by the learned termination model (--mpc.termination {mpc_cfg.termination}"
+                " applies to Hopper, Walker2d and Ant)."
+            )
     ref_min, ref_max = agent.meta.get("ref_min_score"), agent.meta.get("ref_max_score")
     has_ref = ref_min is not None and ref_max is not None and ref_max != ref_min
 
@@ -127,7 +178,6 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             return np.full(len(returns), np.nan)
         return 100.0 * (np.asarray(returns, np.float64) - ref_min) / (ref_max - ref_min)
 
-    console = Console(stderr=True)
     results: dict[str, Any] = {}
     wm_info = None
     if world is not None:
@@ -135,6 +185,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             "kind": world.kind,
             "denoise_steps": int(world.config.denoise_steps),
             "flow_steps": int(world.config.flow_steps),
+            **checkpoint_record(cfg.world_model, world.meta),
         }
     progress = Progress(
         TextColumn("{task.description}"),
@@ -146,7 +197,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     )
     with progress:
         for name in cfg.planner:
-            planner = make_planner(name, cfg.mpc, agent, world, seed=cfg.seed)
+            planner = make_planner(name, cfg.mpc, agent, world, seed=cfg.seed, health=health)
             task = progress.add_task(f"{name:>11}", total=cfg.episodes, info="compiling")
             trace: dict[str, list[float]] = {
                 "real_return": [],
@@ -210,7 +261,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 "compile_s": float(planner.compile_s),
                 "fallbacks": int(sum(d.get("fallback", 0.0) > 0 for d in stats.diagnostics)),
                 "diagnostics": diag_means,
-                "config": _planner_config(name, cfg.mpc, agent, wm_info),
+                "config": _planner_config(name, mpc_cfg, agent, wm_info),
                 "trace": {k: [_finite_or_none(x) for x in v] for k, v in trace.items()},
             }
     data = {
@@ -219,6 +270,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         "seed": cfg.seed,
         "ref_scores": [ref_min, ref_max] if has_ref else None,
         "config": _plain(cfg),
+        "agent": agent_record,
+        # The planner settings in effect (a --mpc.preset applied), which the report groups by.
+        "mpc": _plain(mpc_cfg),
         "world_model": wm_info,
         "planners": results,
     }

@@ -303,12 +303,13 @@ def _save_run(path: Path, run: OnlineRun, meta: dict[str, Any], done: bool) -> N
 
 def _load_run(path: Path, meta: dict[str, Any], template: rebrac.TrainState) -> OnlineRun:
     raw, saved_meta = load_checkpoint(path, expect={"kind": "collect-online-td3"})
+    # TD3 settings added after a checkpoint was written ran at these values before.
+    legacy = {"td3": {"network": "flax"}}
     for part in ("collect", "td3"):
-        if saved_meta.get(part) != meta[part]:
+        saved_part = {**legacy.get(part, {}), **saved_meta.get(part, {})}
+        if saved_part != meta[part]:
             diff = {
-                k: (saved_meta.get(part, {}).get(k), v)
-                for k, v in meta[part].items()
-                if saved_meta.get(part, {}).get(k) != v
+                k: (saved_part.get(k), v) for k, v in meta[part].items() if saved_part.get(k) != v
             }
             raise CheckpointError(
                 f"{path} holds an online agent trained with other settings "

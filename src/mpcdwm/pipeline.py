@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from mpcdwm.agents import AgentName, TrainAgentConfig, train_agent
-from mpcdwm.checkpoint import CheckpointError, load_checkpoint
+from mpcdwm.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
 from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.mpc import MPCConfig
 from mpcdwm.report import ReportConfig, report
@@ -230,15 +230,34 @@ def _matches(stored: Any, current: Any, default: Any) -> bool:
     )
 
 
+def _same_checkpoint(record: dict[str, Any] | None, run_dir: Path | None) -> bool:
+    """Whether an eval.json's record of a checkpoint (``evaluate.checkpoint_record``) is the
+    checkpoint now in ``run_dir``: same digest (older files without one never match)."""
+    if run_dir is None:
+        return record is None
+    if not record or "digest" not in record:
+        return False
+    try:
+        return checkpoint_digest(run_dir / "checkpoint.ckpt") == record["digest"]
+    except (OSError, CheckpointError):
+        return False
+
+
 def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
-    """Whether an existing eval.json was made with ``cfg`` (an EvaluateConfig); display
+    """Whether an existing eval.json was made with ``cfg`` (an EvaluateConfig) *and* the
+    checkpoints now in its agent and world-model folders (a stage trained further since, with
+    more ``--agent.steps`` or ``--world-model.steps``, makes the evaluation stale); display
     options (``progress``) do not count."""
     stored = dict(eval_data.get("config") or {})
     current = _to_plain(cfg)
     default = _to_plain(type(cfg)(agent=cfg.agent))
     stored.pop("progress", None)
     current.pop("progress", None)
-    return _matches(stored, current, default)
+    return (
+        _matches(stored, current, default)
+        and _same_checkpoint(eval_data.get("agent"), cfg.agent)
+        and _same_checkpoint(eval_data.get("world_model"), cfg.world_model)
+    )
 
 
 def run(cfg: RunConfig) -> Path:

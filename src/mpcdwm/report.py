@@ -379,7 +379,8 @@ def load_results(eval_file: Path) -> list[Result]:
         sort_keys=True,
     )
     # Fields added to MPCConfig after a file was written ran at their defaults then.
-    mpc = {**_mpc_defaults(), **(config.get("mpc") or {})}
+    # "mpc" (top level): the settings in effect, a preset applied; older files: the config's.
+    mpc = {**_mpc_defaults(), **(data.get("mpc") or config.get("mpc") or {})}
     results = []
     for name, res in planners.items():
         if not isinstance(res, dict) or "returns" not in res:

@@ -94,4 +94,7 @@ def config_from_dict(name: str, d: dict[str, Any]) -> AgentConfig:
     """Rebuild an agent config stored (as JSON) in a checkpoint's meta."""
     cls = iql.IQLConfig if name == "iql" else rebrac.ReBRACConfig
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    if cls is rebrac.ReBRACConfig:
+        # Checkpoints written before ``network`` existed used the Flax-style networks.
+        d.setdefault("network", "flax")
     return cls(**d)
