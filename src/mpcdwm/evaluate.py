@@ -55,7 +55,8 @@ class EvaluateConfig:
     planner: tuple[str, ...] = ("none", "mpc")
     """Methods to evaluate: none (base policy), mpc (MPCwDWM), action-grad, mppi."""
     episodes: int = 10
-    """Episodes per method (episode i resets with seed + i for every method)."""
+    """Episodes per method (episode i resets with :func:`episode_seed`, the same for every
+    method, so their returns pair episode by episode)."""
     seed: int = 0
     """Seed of the env resets and of the planners' noise."""
     out: Path = Path("runs/eval")
@@ -107,6 +108,16 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+EPISODES_PER_SEED = 10_000
+"""Episode seeds of different evaluation seeds never overlap below this many episodes."""
+
+
+def episode_seed(seed: int, episode: int = 0) -> int:
+    """Env reset seed of ``episode`` under evaluation seed ``seed``: ``seed * 10_000 +
+    episode``, so seeds 0 and 1 do not share start states (``seed + episode`` did)."""
+    return seed * EPISODES_PER_SEED + episode
 
 
 def _checkpoint_file(run_dir_or_ckpt: Path) -> Path:
@@ -233,7 +244,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 agent.env_id,
                 decide,
                 episodes=cfg.episodes,
-                seed=cfg.seed,
+                seed=episode_seed(cfg.seed),
                 on_episode_start=on_start,
                 progress=on_episode,
                 max_steps=cfg.max_steps,
