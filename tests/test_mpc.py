@@ -142,7 +142,7 @@ def test_surrogate_gradient_matches_finite_differences(terminal_action):
         assert float(jnp.abs(g).max()) > 1e-3  # a real, non-trivial gradient
 
 
-@pytest.mark.parametrize("name", ["mpc", "action-grad", "mppi", "none"])
+@pytest.mark.parametrize("name", ["mpc", "action-grad", "mppi", "dream-mpc", "none"])
 def test_point_mass_planners_valid_and_improve_imagined_return(name):
     agent, world = _point()
     cfg = MPCConfig(
@@ -232,7 +232,7 @@ def test_zero_learning_rate_reproduces_base_actions_exactly(pendulum, optimizer)
         assert diag["imagined_return_after"] == pytest.approx(diag["imagined_return_before"])
 
 
-@pytest.mark.parametrize("name", ["mpc", "action-grad", "mppi"])
+@pytest.mark.parametrize("name", ["mpc", "action-grad", "mppi", "dream-mpc"])
 def test_injected_nan_falls_back_to_pretrained_action(pendulum, name):
     agent, world = pendulum
     bad = jax.tree_util.tree_map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), world.params)
@@ -245,7 +245,7 @@ def test_injected_nan_falls_back_to_pretrained_action(pendulum, name):
         np.testing.assert_array_equal(a, np.asarray(act(agent.actor_params, obs)))
 
 
-@pytest.mark.parametrize("name", ["none", "mpc", "action-grad", "mppi"])
+@pytest.mark.parametrize("name", ["none", "mpc", "action-grad", "mppi", "dream-mpc"])
 def test_actions_in_bounds_in_real_episodes_even_with_huge_steps(pendulum, name):
     from mpcdwm.rollout import run_episodes
 

@@ -121,3 +121,21 @@ def test_smooth_rule_gradient_points_away_from_falling():
     assert float(done(None, None, None, jnp.asarray(s))) < 0.01
     s[0] = 0.6
     assert float(done(None, None, None, jnp.asarray(s))) > 0.99
+
+
+def test_dream_mpc_recovers_the_poor_policy_and_reuses_its_plan():
+    """Dream-MPC (refined policy proposals + the shifted previous plan) raises the true return
+    of the runaway point-mass policy; from the second decision on the kept plan competes."""
+    agent, world = _point()
+    cfg = MPCConfig(adapt_steps=10, horizon=10, num_rollouts=2, action_lr=0.3)
+    base = make_planner("none", cfg, agent, world)
+    dream = make_planner("dream-mpc", dataclasses.replace(cfg, dream_candidates=3), agent, world)
+    s0 = [1.0, 0.0]
+    r_base = _true_return(base, base.reset, s0)
+    r_dream = _true_return(dream, dream.reset, s0)
+    assert r_dream > 0.5 * r_base and r_dream > r_base + 20.0, (r_base, r_dream)
+    dream.reset(0)
+    assert not bool(dream.state["carry"]["has_plan"])
+    _, diag = dream(np.asarray(s0, np.float32))
+    assert bool(dream.state["carry"]["has_plan"]) and diag["accepted"] == 1.0
+    assert diag["imagined_return_after"] >= diag["imagined_return_before"]

@@ -39,6 +39,7 @@ from rich.table import Table
 from mpcdwm.agents import TrainedAgent, load_agent
 from mpcdwm.checkpoint import checkpoint_digest
 from mpcdwm.envs import health_rule, make_env
+from mpcdwm.files import ensure_writable_dir
 from mpcdwm.mpc import PLANNERS, MPCConfig, make_planner, resolve, validate_config
 from mpcdwm.rollout import run_episodes
 from mpcdwm.world import load_world_model
@@ -141,6 +142,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     """Run every planner of ``cfg`` for ``cfg.episodes`` episodes; returns ``out/eval.json``."""
     _check_config(cfg)
     validate_config(cfg.mpc)
+    ensure_writable_dir(cfg.out, "--out")  # before the episodes: a bad --out costs nothing
     agent = load_agent(cfg.agent)
     world = None
     if cfg.world_model is not None and any(p != "none" for p in cfg.planner):
@@ -277,6 +279,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             }
     data = {
         "dataset": agent.meta.get("dataset"),
+        "dataset_path": agent.meta.get("dataset_path"),  # two datasets may share an id
         "env_id": agent.env_id,
         "seed": cfg.seed,
         "ref_scores": [ref_min, ref_max] if has_ref else None,
@@ -326,6 +329,7 @@ def _planner_config(name: str, mpc: MPCConfig, agent: TrainedAgent, wm_info: dic
             "max_grad_norm",
         ],
         "action-grad": ["action_lr", "uncertainty_penalty"],
+        "dream-mpc": ["action_lr", "dream_candidates", "uncertainty_penalty"],
         "mppi": [
             "mppi_iterations",
             "mppi_samples",

@@ -17,7 +17,11 @@ world model, then return one action. Three planners share the rollout code:
 * ``action-grad``: the same gradient ascent on an open-loop action sequence
   ``(H, act_dim)`` initialised from the policy's imagined rollout;
 * ``mppi``: TD-MPC-style sampling (Gaussian + policy-guided candidates, elites,
-  softmax re-weighting, terminal critic).
+  softmax re-weighting, terminal critic);
+* ``dream-mpc``: Dream-MPC (Spieler and Behnke, 2026), the closest published relative: a
+  few action sequences proposed by the policy plus the previous step's plan shifted by one,
+  each refined by gradient ascent, the best by imagined return minus the reward ensemble's
+  disagreement (``uncertainty_penalty``) is executed and its tail kept as the next plan.
 
 Each planner is ONE jitted function of the signature::
 
@@ -48,8 +52,8 @@ import numpy as np
 import optax
 
 Params = Any
-PlannerName = Literal["none", "mpc", "action-grad", "mppi"]
-PLANNERS: tuple[str, ...] = ("none", "mpc", "action-grad", "mppi")
+PlannerName = Literal["none", "mpc", "action-grad", "mppi", "dream-mpc"]
+PLANNERS: tuple[str, ...] = ("none", "mpc", "action-grad", "mppi", "dream-mpc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +94,9 @@ class MPCConfig:
     use the pretrained policy there)."""
     action_lr: float = 0.03
     """action-grad: Adam learning rate on the action sequence (normalised action units)."""
+    dream_candidates: int = 4
+    """dream-mpc: action sequences proposed by the policy (closed-loop imagined rollouts, each
+    with its own noise) per decision, besides the previous step's shifted plan."""
     mppi_iterations: int = 6
     """mppi: refinement iterations (TD-MPC: 6)."""
     mppi_samples: int = 256
@@ -210,7 +217,14 @@ DIAGNOSTICS = (
 
 def validate_config(cfg: MPCConfig) -> None:
     """Raise a ValueError naming the bad field and its valid range."""
-    positive = ("adapt_steps", "num_rollouts", "horizon", "mppi_iterations", "mppi_samples")
+    positive = (
+        "adapt_steps",
+        "num_rollouts",
+        "horizon",
+        "mppi_iterations",
+        "mppi_samples",
+        "dream_candidates",
+    )
     for name in positive:
         if getattr(cfg, name) < 1:
             flag = name.replace("_", "-")
@@ -435,8 +449,8 @@ def make_mpc_step(
         scale = optax.tree.norm(updates) / (optax.tree.norm(rand) + 1e-12)
         return jax.tree_util.tree_map(lambda r: r * scale, rand)
 
-    def step(psi_start, psi0, models, obs, key, carry):
-        del carry  # the start point arrives as psi_start (the wrapper chooses it)
+    def step(psi_start, psi0, models, obs, key, carry_in):
+        # The start point arrives as psi_start (the wrapper chooses it).
         k_noise, k_placebo, k_valid = jax.random.split(key, 3)
         noise = jax.random.normal(k_noise, (M, H, *world.noise_shape), obs.dtype)
         train0, frozen, treedef = split(psi_start)
@@ -504,7 +518,7 @@ def make_mpc_step(
             "fallback": 1.0 - ok.astype(jnp.float32),
             "accepted": accepted.astype(jnp.float32),
         }
-        return action, {"params": new_psi}, diag
+        return action, {**carry_in, "params": new_psi}, diag
 
     return jax.jit(step)
 
@@ -670,11 +684,79 @@ def make_mppi_step(
     return jax.jit(step)
 
 
+def make_dream_step(
+    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+) -> Callable:
+    """Dream-MPC: refine a few candidate action sequences by gradient ascent and execute the
+    best one's first action (see the module docstring).
+
+    Candidates ``(C + 1, H, act_dim)`` in normalised units: ``dream_candidates`` closed-loop
+    policy rollouts (their actions) and ``carry["plan"]``, the previous decision's best
+    sequence shifted by one step (ignored at an episode's first decision). Each gets
+    ``adapt_steps`` Adam steps (``action_lr``) on the same M fixed-noise rollouts and terminal
+    critic as ``action-grad``; they are ranked by imagined return minus
+    ``uncertainty_penalty`` times the reward ensemble's disagreement.
+    """
+    validate_config(cfg)
+    low, high, mid, half = _action_bounds(agent)
+    imagine = make_imagine(cfg, agent, world, health)
+    tx = optax.adam(cfg.action_lr)
+    H, M, C = cfg.horizon, cfg.num_rollouts, cfg.dream_candidates
+
+    def step(psi_start, psi0, models, obs, key, carry):
+        del psi_start
+        k_noise, k_prop = jax.random.split(key)
+        noise = jax.random.normal(k_noise, (M, H, *world.noise_shape), obs.dtype)
+        pi0 = lambda s: agent.act(psi0, s)  # noqa: E731
+
+        def value(u):  # (H, act_dim) normalised -> imagined return minus penalty
+            seq = mid + half * jnp.clip(u, -1.0, 1.0)
+            returns, aux = imagine(pi0, models, obs, noise, jnp.broadcast_to(seq, (M, *seq.shape)))
+            return (returns - aux["penalty"]).mean()
+
+        prop_noise = jax.random.normal(k_prop, (C, H, *world.noise_shape), obs.dtype)
+        _, prop = imagine(pi0, models, obs, prop_noise)
+        u0 = jnp.concatenate([(prop["actions"][:, :H] - mid) / half, carry["plan"][None]])
+        values = jax.vmap(value)
+        grads = jax.vmap(jax.grad(value))
+
+        def adapt_step(state, _):
+            u, opt_state = state
+            g = grads(u)
+            updates, opt_state = tx.update(jax.tree_util.tree_map(jnp.negative, g), opt_state, u)
+            return (optax.apply_updates(u, updates), opt_state), optax.tree.norm(g)
+
+        (u, _), norms = jax.lax.scan(adapt_step, (u0, tx.init(u0)), None, length=cfg.adapt_steps)
+        # The previous plan competes only when there is one; NaN values never win.
+        usable = jnp.arange(C + 1) < C + carry["has_plan"].astype(jnp.int32)
+        v = jnp.where(usable, jnp.nan_to_num(values(u), nan=-jnp.inf), -jnp.inf)
+        best = jnp.argmax(v)
+        seq = u[best]
+        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        ok = jnp.isfinite(v[best]) & jnp.all(jnp.isfinite(seq))
+        action = safe_action(
+            jnp.where(ok, mid + half * jnp.clip(seq[0], -1.0, 1.0), a0), a0, low, high
+        )
+        plan = jnp.where(ok, jnp.concatenate([seq[1:], seq[-1:]]), jnp.zeros_like(seq))
+        diag = {
+            "imagined_return_before": values(u0[:C]).max(),
+            "imagined_return_after": v[best],
+            "grad_norm": norms.mean(),
+            "action_change": jnp.linalg.norm(action - a0),
+            "fallback": 1.0 - ok.astype(jnp.float32),
+            "accepted": ok.astype(jnp.float32),
+        }
+        return action, {**carry, "plan": plan, "has_plan": ok}, diag
+
+    return jax.jit(step)
+
+
 STEP_FACTORIES: dict[str, Callable] = {
     "none": make_none_step,
     "mpc": make_mpc_step,
     "action-grad": make_action_grad_step,
     "mppi": make_mppi_step,
+    "dream-mpc": make_dream_step,
 }
 
 
@@ -742,7 +824,13 @@ class Planner:
         """Start an episode: pretrained parameters, key ``fold_in(PRNGKey(seed), episode)``."""
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), episode)
         params = jax.tree_util.tree_map(jnp.array, self.psi0)  # a copy: the state is donated
-        self.state = {"key": key, "carry": {"params": params}}
+        act_dim = int(np.asarray(self.agent.action_low).reshape(-1).shape[0])
+        carry = {
+            "params": params,  # mpc with warm_start: the last adapted parameters
+            "plan": jnp.zeros((self.cfg.horizon, act_dim), jnp.float32),  # dream-mpc
+            "has_plan": jnp.zeros((), bool),
+        }
+        self.state = {"key": key, "carry": carry}
 
     def compile(self, obs: np.ndarray) -> float:
         """Compile ahead of time for observations like ``obs``; returns seconds."""

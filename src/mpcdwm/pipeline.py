@@ -27,12 +27,14 @@ from rich.rule import Rule
 
 from mpcdwm.agents import AgentName, TrainAgentConfig, train_agent
 from mpcdwm.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
+from mpcdwm.configs import check_config, read_mapping_file, same_setting
 from mpcdwm.evaluate import EvaluateConfig, evaluate
-from mpcdwm.mpc import MPCConfig
+from mpcdwm.files import ensure_writable_dir
+from mpcdwm.mpc import MPCConfig, validate_config
 from mpcdwm.report import ReportConfig, report
 from mpcdwm.world import TrainWorldModelConfig, train_world_model
 
-Planner = Literal["none", "mpc", "action-grad", "mppi"]
+Planner = Literal["none", "mpc", "action-grad", "mppi", "dream-mpc"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +190,9 @@ def _check_resumable(previous: dict[str, Any], effective: dict[str, Any], out: P
     for stage, keys in _STAGE_IDENTITY.items():
         if not (out / stage / "checkpoint.ckpt").exists():
             continue
-        changed = [k for k in keys if k in previous and previous[k] != effective[k]]
+        changed = [
+            k for k in keys if k in previous and not same_setting(k, previous[k], effective[k])
+        ]
         if changed:
             was = ", ".join(f"{k}={previous[k]!r}" for k in changed)
             now = ", ".join(f"{k}={effective[k]!r}" for k in changed)
@@ -262,16 +266,21 @@ def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
 
 def run(cfg: RunConfig) -> Path:
     """Run (or resume) every stage; returns the run directory."""
+    # Before any work: every stage's settings and --out, so nothing fails after training.
+    check_config(cfg, skip=("mpc",))
+    validate_config(cfg.mpc)
+    ensure_writable_dir(cfg.out, "--out")
     console = Console(stderr=True)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     effective = _to_plain(cfg)
     config_path = out / "config.yaml"
     if config_path.exists():
-        previous = _flatten(yaml.safe_load(config_path.read_text()) or {})
+        fix = "delete it and re-run (it is written again from the flags)"
+        previous = _flatten(read_mapping_file(config_path, "run config", "a mapping", fix))
         now = _flatten(effective)
         _check_resumable(previous, now, out)
-        changed = sorted(k for k in now if previous.get(k) != now[k])
+        changed = sorted(k for k in now if not same_setting(k, previous.get(k), now[k]))
         if changed:
             console.print(
                 f"[yellow]note:[/] {config_path} differs in {changed}; trained stages are kept "
