@@ -12,7 +12,14 @@ import pytest
 from test_mpc import _point, _true_return
 
 from mpcdwm.envs import health_rule, make_env
-from mpcdwm.mpc import PAPER_DEFAULTS, MPCConfig, make_done_fn, make_planner, resolve
+from mpcdwm.mpc import (
+    PAPER_DEFAULTS,
+    MPCConfig,
+    make_done_fn,
+    make_planner,
+    resolve,
+    select_step_size,
+)
 
 
 def test_paper_preset_sets_the_papers_setting_and_keeps_explicit_choices():
@@ -139,3 +146,20 @@ def test_dream_mpc_recovers_the_poor_policy_and_reuses_its_plan():
     _, diag = dream(np.asarray(s0, np.float32))
     assert bool(dream.state["carry"]["has_plan"]) and diag["accepted"] == 1.0
     assert diag["imagined_return_after"] >= diag["imagined_return_before"]
+
+
+def test_step_size_chosen_without_real_returns_rejects_steps_that_do_not_help():
+    """No step (lr 0) never survives validation; a real gradient step does and is chosen; a
+    large random (placebo) step on a good policy loses imagined return on fresh noise and is
+    not chosen, while a small one is harmless."""
+    states = np.asarray([[1.0, 0.0], [0.5, 0.2], [-0.8, 0.1], [1.5, -0.3]], np.float32)
+    cfg = MPCConfig(adapt_steps=1, horizon=10, num_rollouts=4, optimizer="sgd")
+    agent, world = _point()
+    lr, rows = select_step_size(cfg, agent, world, states, grid=(0.0, 1e-2))
+    assert lr == 1e-2 and rows[0]["acceptance"] == 0.0 and rows[1]["acceptance"] == 1.0
+    good, world = _point(kernel=(-3.0, -3.0))
+    placebo = dataclasses.replace(cfg, update="placebo")
+    lr, rows = select_step_size(placebo, good, world, states, grid=(0.1, 10.0))
+    assert rows[1]["validated_gain"] < 0 and lr != 10.0
+    with pytest.raises(ValueError, match="states"):
+        select_step_size(cfg, agent, world, np.zeros((0, 2)))

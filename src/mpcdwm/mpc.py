@@ -518,6 +518,8 @@ def make_mpc_step(
             "fallback": 1.0 - ok.astype(jnp.float32),
             "accepted": accepted.astype(jnp.float32),
         }
+        if cfg.validate:  # imagined gain on fresh noise beyond its standard error
+            diag["validated_gain"] = gain.mean() - stderr
         return action, {**carry_in, "params": new_psi}, diag
 
     return jax.jit(step)
@@ -850,6 +852,47 @@ class Planner:
         (action, diag), self.state = self._compiled(self.psi0, self.models, obs, self.state)
         action, diag = jax.device_get((action, diag))
         return np.asarray(action), {k: float(v) for k, v in diag.items()}
+
+
+def select_step_size(
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike,
+    states: np.ndarray,
+    grid: tuple[float, ...] = PAPER_LR_GRID,
+    seed: int = 0,
+    health: HealthLike | None = None,
+) -> tuple[float | None, list[dict[str, float]]]:
+    """Choose the adaptation step size without real returns (beyond the paper).
+
+    For each ``lr`` of ``grid``, one validated MPCwDWM decision (``validate=True``, no warm
+    start) from every state of ``states`` ``(N, obs_dim)`` (e.g. dataset observations): the
+    adapted policy's imagined gain over the pretrained one on noise the adaptation never saw,
+    minus its standard error. Returns the largest ``lr`` whose improvement survives that check
+    on at least half of the states and on average (None when none does), and one row per
+    ``lr``: ``{"lr", "acceptance", "validated_gain", "action_change"}`` (means over states).
+    """
+    states = np.asarray(states, np.float32)
+    if states.ndim != 2 or len(states) == 0:
+        raise ValueError(f"states must be a non-empty (N, obs_dim) array, got {states.shape}.")
+    rows, chosen = [], None
+    for lr in sorted(grid):
+        trial = dataclasses.replace(resolve(cfg), lr=float(lr), validate=True, warm_start=False)
+        planner = Planner("mpc", trial, agent, world, seed, health)
+        diags = []
+        for i, obs in enumerate(states):
+            planner.reset(i)
+            diags.append(planner(obs)[1])
+        row = {
+            "lr": float(lr),
+            "acceptance": float(np.mean([d["accepted"] for d in diags])),
+            "validated_gain": float(np.nanmean([d["validated_gain"] for d in diags])),
+            "action_change": float(np.mean([d["action_change"] for d in diags])),
+        }
+        rows.append(row)
+        if row["acceptance"] >= 0.5 and row["validated_gain"] > 0:
+            chosen = float(lr)
+    return chosen, rows
 
 
 def make_planner(

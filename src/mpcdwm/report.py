@@ -55,6 +55,8 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from mpcdwm.files import UserFileError, ensure_writable_dir, reading
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -297,6 +299,9 @@ class Result:
     source: Path
     agent_recorded: bool
     trace: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
+    dataset_path: str | None = None
+    """The dataset's folder or file (eval.json ``dataset_path``; None in older files): two
+    different datasets may share an id, see :func:`distinguish_datasets`."""
 
 
 def find_eval_files(paths: Iterable[Path]) -> list[Path]:
@@ -352,10 +357,30 @@ def _scores(
     return tuple(float(s) for s in scores), None
 
 
+EVAL_FIX = "re-run `mpcdwm evaluate` (or `mpcdwm run`) to write it again, or leave it out"
+
+
 def load_results(eval_file: Path) -> list[Result]:
-    """The results of one eval.json (layout: :mod:`mpcdwm.evaluate`), one per planner."""
+    """The results of one eval.json (layout: :mod:`mpcdwm.evaluate`), one per planner.
+
+    A file cut short, unreadable or not shaped like an eval.json raises
+    :class:`~mpcdwm.files.UserFileError` naming it.
+    """
     eval_file = Path(eval_file)
-    data = json.loads(eval_file.read_text())
+    with reading(eval_file, "eval.json", EVAL_FIX):
+        data = json.loads(eval_file.read_text())
+    if not isinstance(data, dict):
+        raise UserFileError(f"{eval_file} is not an eval.json of `mpcdwm evaluate`; {EVAL_FIX}.")
+    try:
+        return _results_from(data, eval_file)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise UserFileError(
+            f"{eval_file} is not shaped like an eval.json of `mpcdwm evaluate` "
+            f"({type(err).__name__}: {err}); {EVAL_FIX}."
+        ) from err
+
+
+def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
     planners = data.get("planners")
     if not isinstance(planners, dict) or "seed" not in data:
         raise ValueError(f"{eval_file} is not an eval.json of `mpcdwm evaluate` (no planners/seed)")
@@ -374,8 +399,15 @@ def load_results(eval_file: Path) -> list[Result]:
     else:
         agent_knobs = {"agent": "?"}  # not recorded
         checkpoint = {"path": config.get("agent")}  # one checkpoint folder = one agent
+    dataset_path = data.get("dataset_path")
     pairing = json.dumps(
-        {"dataset": dataset, "seed": seed, "max_steps": max_steps, "agent": checkpoint},
+        {
+            "dataset": dataset,
+            "dataset_path": dataset_path,
+            "seed": seed,
+            "max_steps": max_steps,
+            "agent": checkpoint,
+        },
         sort_keys=True,
     )
     # Fields added to MPCConfig after a file was written ran at their defaults then.
@@ -408,9 +440,41 @@ def load_results(eval_file: Path) -> list[Result]:
                 source=eval_file,
                 agent_recorded=bool(agent),
                 trace=res.get("trace"),
+                dataset_path=dataset_path,
             )
         )
     return results
+
+
+def distinguish_datasets(results: Sequence[Result]) -> list[Result]:
+    """Results whose dataset id is shared by different datasets (other folders or files,
+    e.g. two ``collect --out`` runs with one ``--dataset-id``) relabelled ``id (folder)``,
+    so the report never pools them; the folder is named by as many trailing path parts as
+    it takes to tell them apart. Results without a recorded path keep the bare id."""
+    paths: dict[str, set[str]] = {}
+    for r in results:
+        if r.dataset_path is not None:
+            paths.setdefault(r.dataset, set()).add(r.dataset_path)
+    labels: dict[tuple[str, str], str] = {}
+    for dataset, shared in paths.items():
+        if len(shared) < 2:
+            continue
+        parts = {p: Path(p).parts for p in shared}
+        depth = 1
+        while depth < max(len(v) for v in parts.values()) and len(
+            {v[-depth:] for v in parts.values()}
+        ) < len(parts):
+            depth += 1
+        for p, v in parts.items():
+            labels[(dataset, p)] = f"{dataset} ({'/'.join(v[-depth:])})"
+    if not labels:
+        return list(results)
+    return [
+        dataclasses.replace(r, dataset=labels[(r.dataset, r.dataset_path)])
+        if (r.dataset, r.dataset_path) in labels
+        else r
+        for r in results
+    ]
 
 
 def display_labels(methods: Iterable[Method]) -> dict[Method, str]:
@@ -508,6 +572,7 @@ def summarize(results: Sequence[Result]) -> Summary:
     """Group results into methods per dataset and compute every estimate."""
     if not results:
         raise ValueError("no results to report")
+    results = distinguish_datasets(results)
     groups = group_by_seed(results)
     datasets = tuple(sorted({r.dataset for r in results}))
     no_score = {}
@@ -959,6 +1024,7 @@ def report(cfg: ReportConfig) -> Path:
     from rich.console import Console
     from rich.markdown import Markdown
 
+    ensure_writable_dir(cfg.out, "--out")  # before reading: a bad --out costs nothing
     files = find_eval_files(cfg.runs)
     results = [r for f in files for r in load_results(f)]
     if not results:
