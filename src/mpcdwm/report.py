@@ -29,8 +29,8 @@ Statistics (following rliable, Agarwal et al. 2021, and CORL's reporting):
   pooled CI is therefore conditional on the trained agents and world models (it measures
   evaluation noise, not training noise), and says so beside every number with ``n=SxE``;
 * a gain is paired: planner minus base on the same episode (same seed, same episode index:
-  ``evaluate`` resets episode ``i`` of seed ``s`` with env seed ``s + i`` for every planner),
-  against the base run of the same agent checkpoint; mean and CI as above over the
+  ``evaluate`` resets episode ``i`` of seed ``s`` with env seed ``10000*s + i`` for every
+  planner), against the base run of the same agent checkpoint; mean and CI as above over the
   per-episode differences;
 * across datasets, over the datasets that have normalised scores: the mean of the per-dataset
   means (D4RL's average; each dataset weighs the same) and the IQM (interquartile mean) of all
