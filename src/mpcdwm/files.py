@@ -134,11 +134,42 @@ def reading(path: str | os.PathLike, what: str, fix: str = "") -> Iterator[None]
             f"{fix or 'regenerate it or restore it from a copy'}."
         ) from err
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
-        detail = " ".join(str(err).split())  # YAML errors span lines: one line
         raise UserFileError(
-            f"{what} {path} is damaged or cut short (cannot parse it: {detail}); "
+            f"{what} {path} is damaged or cut short (cannot parse it: {_parse_error(err)}); "
             f"{fix or 'regenerate it or restore it from a copy'}."
         ) from err
+
+
+def _parse_error(err: Exception) -> str:
+    """A parse error in one short line (YAML's own span several, with the text quoted)."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())
+
+
+@contextmanager
+def reading_dataset(name_or_path: str | os.PathLike, fix: str) -> Iterator[None]:
+    """:func:`reading` for a dataset argument: a Minari folder's damaged file is named
+    (``data/metadata.json`` for a JSON error, ``data/main_data.hdf5`` for an HDF5 one)."""
+    path = Path(name_or_path)
+    try:
+        with reading(path, "dataset", fix):
+            yield
+    except UserFileError as err:
+        cause = err.__cause__
+        if not path.is_dir() or cause is None:
+            raise
+        folder = path / "data" if (path / "data").is_dir() else path
+        if isinstance(cause, json.JSONDecodeError | UnicodeDecodeError):
+            inner = folder / "metadata.json"
+        elif isinstance(cause, OSError) and cause.errno is None:
+            inner = folder / "main_data.hdf5"
+        else:
+            raise
+        raise UserFileError(
+            f"dataset {path}: {str(err).replace(f'dataset {path}', str(inner), 1)}"
+        ) from cause
 
 
 @contextmanager
