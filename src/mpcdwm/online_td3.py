@@ -4,7 +4,8 @@ TD3 is :mod:`mpcdwm.agents.rebrac` with the BC terms at zero (``td3_config``). T
 runs in chunks: ``chunk`` Python env steps, then ``chunk`` TD3 updates fused in one jitted
 ``lax.scan`` that samples from a replay buffer kept on the device (update-to-data ratio 1).
 The agent, its replay buffer, evaluation snapshots and progress are checkpointed
-atomically in ``agent_dir`` (one folder per env + seed + agent settings), so an interrupted
+atomically in ``agent_dir`` (one folder per env + seed + agent settings; every
+``checkpoint_every`` env steps and every ``checkpoint_minutes`` of wall time), so an interrupted
 run resumes and one training serves every recipe; more ``train_steps`` later continue it.
 
 The agent acts in ``[-1, 1]``; :func:`to_env_action` maps to env units. Settings come from
@@ -436,6 +437,9 @@ def train_online(
     obs = np.asarray(obs, np.float32)
     ep_return, last_return, metrics = 0.0, float("nan"), {}
     since_ckpt = 0
+    # Also by wall time: env steps can be slow (big envs, evaluations), and a kill should
+    # cost at most checkpoint_minutes. Saving does not change what an uninterrupted run makes.
+    saved_at = time.monotonic()
     columns = (
         TextColumn("[bold]TD3 online"),
         BarColumn(),
@@ -506,9 +510,10 @@ def train_online(
                         f"{rate.replace('/s', ' per s')}"
                     )
             done = run.env_steps >= total or reached()
-            if since_ckpt >= cfg.checkpoint_every or done:
+            overdue = time.monotonic() - saved_at >= 60.0 * cfg.checkpoint_minutes
+            if since_ckpt >= cfg.checkpoint_every or done or overdue:
                 _save_run(ckpt_path, run, meta, done=run.env_steps >= total)
-                since_ckpt = 0
+                since_ckpt, saved_at = 0, time.monotonic()
             info = f"episode return {last_return:.1f}"
             if run.evals:
                 info += f"  eval {run.evals[-1]['return']:.1f}"

@@ -36,6 +36,7 @@ from mpcdwm.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
+from mpcdwm.files import writing
 
 Batch = dict[str, jax.Array]
 UpdateFn = Callable[[Any, Batch, jax.Array], tuple[Any, dict[str, jax.Array]]]
@@ -124,7 +125,7 @@ class RunLog:
 
     def write(self, step: int, record: Mapping[str, float]) -> None:
         line = {"step": step, **{k: float(v) for k, v in record.items()}}
-        with self.path.open("a") as f:
+        with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         if self._wandb is not None:
             self._wandb.log(dict(record), step=step)
@@ -224,7 +225,7 @@ def fit(
     if resume and ckpt_path.exists():
         template = {"train": state, "key": key, "step": np.int64(0)}
         saved, saved_meta = load_checkpoint(ckpt_path, template)
-        if saved_meta.get("config") != meta.get("config"):
+        if not _same_identity(saved_meta.get("config"), meta.get("config")):
             raise CheckpointError(
                 f"{ckpt_path} was made with a different config; use a new --out folder or "
                 "pass --no-resume to start over."
@@ -310,6 +311,19 @@ def fit(
             bar.update(task, completed=step, rate=f"{n / dt:.0f}", info=escape(info))
     log.close()
     return state, last
+
+
+def _same_identity(saved: Any, now: Any) -> bool:
+    """Whether a checkpoint's stored ``config`` (what must match to resume) matches this run's.
+
+    A top-level key that only the stored one has was dropped from the identity since it was
+    written (train-agent's ``chunk``, a world model's ``steps`` and ``chunk``: any value
+    resumes now), so it no longer decides anything; every other difference does.
+    """
+    if isinstance(saved, Mapping) and isinstance(now, Mapping):
+        saved = {k: v for k, v in saved.items() if k in now}
+        now = dict(now)
+    return saved == now
 
 
 def _round_up(x: int, multiple: int) -> int:

@@ -50,8 +50,10 @@ import optax
 from rich.console import Console
 
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
+from mpcdwm.configs import check_config
 from mpcdwm.data import Dataset, load_dataset
 from mpcdwm.envs import check_dataset_against_env
+from mpcdwm.files import dataset_identity, ensure_writable_dir, reading_dataset
 from mpcdwm.nets import MLP, Ensemble, sinusoidal_embedding
 from mpcdwm.train import fit
 from mpcdwm.world_quality import print_quality, world_model_quality
@@ -131,8 +133,10 @@ class TrainWorldModelConfig:
     """Validation losses every this many steps (0 = only at the end)."""
     checkpoint_every: int = 10_000
     """Checkpoint every this many steps (rounded up to whole chunks)."""
+    checkpoint_minutes: float = 5.0
+    """Also checkpoint every this many minutes of wall time (0 = every chunk)."""
     chunk: int = 1000
-    """Updates fused into one jitted program."""
+    """Updates fused into one jitted program (any value resumes any run)."""
     log: tuple[Literal["wandb", "tensorboard"], ...] = ()
     """Extra metric backends besides metrics.jsonl."""
     drop_invalid: bool = False
@@ -143,8 +147,19 @@ class TrainWorldModelConfig:
     """Resume from out/checkpoint.ckpt when it exists (same config required)."""
 
 
-# Fields that do not change what is trained; left out of the resume check.
-_RUNTIME_FIELDS = ("out", "progress", "resume", "log", "eval_every", "checkpoint_every")
+# Fields that do not change what is trained; left out of the resume check. ``steps`` and
+# ``chunk`` too: train.fit continues a run from any step to any target with any chunk.
+_RUNTIME_FIELDS = (
+    "out",
+    "progress",
+    "resume",
+    "log",
+    "eval_every",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "steps",
+    "chunk",
+)
 
 
 # --------------------------------------------------------------------------- networks
@@ -614,6 +629,8 @@ def _plain_config(cfg: TrainWorldModelConfig) -> dict[str, Any]:
             continue
         v = getattr(cfg, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
+    # A relative and an absolute path to the same data are the same dataset.
+    out["dataset"] = dataset_identity(cfg.dataset)
     return out
 
 
@@ -630,10 +647,13 @@ def train_world_model(cfg: TrainWorldModelConfig, dataset: Dataset | None = None
     ``kind="world_model"``), ``metrics.jsonl`` and ``quality.json`` (held-out
     report, also printed). ``dataset`` overrides loading ``cfg.dataset``.
     """
+    # Before any work: a bad setting or an unwritable --out must not cost a training run.
     _validate_config(cfg)
+    ensure_writable_dir(cfg.out, "--out")
     console = Console(stderr=True)
     if dataset is None:
-        dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)
+        with reading_dataset(cfg.dataset, DATASET_FIX):
+            dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)
         check_dataset_against_env(dataset)
     if dataset.dropped_rows:
         console.print(f"[yellow]dropped {dataset.dropped_rows} row(s) with NaN/inf[/]")
@@ -664,6 +684,7 @@ def train_world_model(cfg: TrainWorldModelConfig, dataset: Dataset | None = None
         "obs_dim": dataset.obs_dim,
         "act_dim": dataset.act_dim,
         "config": _plain_config(cfg),
+        "steps": cfg.steps,  # the target of the run (not part of its identity)
         "norm": {k: np.asarray(v).tolist() for k, v in norm.items()},
         "train_transitions": len(train_ds),
         "val_transitions": len(val_ds),
@@ -683,6 +704,7 @@ def train_world_model(cfg: TrainWorldModelConfig, dataset: Dataset | None = None
         eval_fn=eval_fn,
         eval_every=cfg.eval_every or cfg.steps,
         checkpoint_every=cfg.checkpoint_every,
+        checkpoint_minutes=cfg.checkpoint_minutes,
         log_backends=tuple(cfg.log),
         resume=cfg.resume,
         progress=cfg.progress,
@@ -718,22 +740,15 @@ def _subsample(data: Batch, n: int) -> Batch:
     return {k: v[idx] for k, v in data.items()}
 
 
+DATASET_FIX = "regenerate it (`mpcdwm collect`), download it again, or pass another --dataset"
+
+
 def _validate_config(cfg: TrainWorldModelConfig) -> None:
-    problems = []
-    if cfg.steps < 1:
-        problems.append(f"steps must be >= 1 (got {cfg.steps})")
-    if cfg.denoise_steps < 1:
-        problems.append(f"denoise_steps must be >= 1 (got {cfg.denoise_steps})")
-    if cfg.flow_steps < 1:
-        problems.append(f"flow_steps must be >= 1 (got {cfg.flow_steps})")
-    if cfg.reward_ensemble < 1:
-        problems.append(f"reward_ensemble must be >= 1 (got {cfg.reward_ensemble})")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        problems.append(f"val_fraction must be in [0, 1) (got {cfg.val_fraction})")
-    if cfg.batch_size < 1 or cfg.lr <= 0:
-        problems.append("batch_size and lr must be positive")
-    if problems:
-        raise ValueError("bad world-model config: " + "; ".join(problems))
+    """Every numeric setting in its valid range (:data:`mpcdwm.configs.FIELD_RULES`: steps,
+    sizes, lr, val_fraction, ...); one error naming each bad flag."""
+    if not cfg.dataset:
+        raise ValueError("train-world-model needs --dataset (a Minari id/folder or .hdf5 file).")
+    check_config(cfg)
 
 
 # --------------------------------------------------------------------------- loading
@@ -764,7 +779,8 @@ def load_world_model(run_dir_or_ckpt: str | Path, env_id: str | None = None) -> 
     saved, meta = load_checkpoint(path, template)
     if not meta.get("done", False):
         warnings.warn(
-            f"{path} is from an unfinished run (step {meta.get('step')} of {cfg.steps}); "
+            f"{path} is from an unfinished run (step {meta.get('step')} of "
+            f"{meta.get('steps', cfg.steps)}); "
             "resume `mpcdwm train-world-model` with the same --out to finish it.",
             stacklevel=2,
         )

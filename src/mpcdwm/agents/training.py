@@ -17,8 +17,10 @@ import numpy as np
 from mpcdwm.agents.presets import AgentConfig, AgentName, agent_config, agent_module
 from mpcdwm.agents.trained import make_trained_agent
 from mpcdwm.agents.transform import prepare_data
+from mpcdwm.configs import check_config
 from mpcdwm.data import Dataset, check_against_env, load_dataset
 from mpcdwm.envs import make_env
+from mpcdwm.files import dataset_identity, ensure_writable_dir, reading_dataset
 from mpcdwm.rollout import policy_decider, run_episodes
 from mpcdwm.train import fit
 
@@ -48,9 +50,12 @@ class TrainAgentConfig:
     eval_seed: int = 10_000
     """Seed of the first evaluation episode (episode i uses eval_seed + i)."""
     chunk: int = 1000
-    """Updates fused into one jitted program (part of the run's identity for resume)."""
+    """Updates fused into one jitted program (any value resumes any run: it sets only how
+    often Python looks in, and the last chunk of a run is cut to end at --steps)."""
     checkpoint_every: int = 10_000
     """Write the checkpoint every this many updates (rounded up to a chunk)."""
+    checkpoint_minutes: float = 5.0
+    """Also checkpoint every this many minutes of wall time (0 = every chunk)."""
     log: tuple[str, ...] = ()
     """Extra log backends: wandb and/or tensorboard (if installed)."""
     resume: bool = True
@@ -81,6 +86,26 @@ class TrainAgentConfig:
     """Any other agent config field, as FIELD=VALUE (e.g. policy_noise=0.1)."""
 
 
+DATASET_FIX = "regenerate it (`mpcdwm collect`), download it again, or pass another --dataset"
+
+
+def _dataset_location(dataset: Dataset, given: str) -> str:
+    """The absolute path of the dataset's folder (Minari: the one holding ``data/``) or
+    file (D4RL); what tells apart two datasets that share an id."""
+    path = dataset.metadata.get("path")
+    if path is None:
+        return dataset_identity(given)
+    path = Path(path).resolve()
+    return str(path.parent if path.name == "data" else path)
+
+
+def _agent_setting_flag(field: str) -> str:
+    """How the user sets agent config field ``field``: its own flag and/or --agent-set."""
+    own = field in {f.name for f in dataclasses.fields(TrainAgentConfig)}
+    flag = f"--{field.replace('_', '-')} or " if own else ""
+    return f"agent setting {field} ({flag}--agent-set {field}=...)"
+
+
 def _run_identity(cfg: TrainAgentConfig, dataset: Dataset, config: AgentConfig) -> dict:
     """What must match for a resume: everything that changes the stream of updates."""
     ident = {
@@ -88,7 +113,6 @@ def _run_identity(cfg: TrainAgentConfig, dataset: Dataset, config: AgentConfig) 
         "dataset": dataset.name,
         "rows": len(dataset),
         "seed": cfg.seed,
-        "chunk": cfg.chunk,
         "agent_config": dataclasses.asdict(config),
     }
     # Through JSON so the comparison with the stored copy sees lists, not tuples.
@@ -105,10 +129,12 @@ def train_agent(cfg: TrainAgentConfig) -> Path:
     """
     if not cfg.dataset:
         raise ValueError("train-agent needs --dataset (a Minari id/folder or a D4RL .hdf5 file).")
-    if cfg.steps < 1:
-        raise ValueError(f"--steps must be positive, got {cfg.steps}.")
+    # Before any work: a bad setting or an unwritable --out must not cost a training run.
+    check_config(cfg)
+    ensure_writable_dir(cfg.out, "--out")
     module = agent_module(cfg.agent)
-    dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)
+    with reading_dataset(cfg.dataset, DATASET_FIX):
+        dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)
     env = make_env(dataset.env_id)  # as agents see it: the data must fit it
     try:
         check_against_env(dataset, env)
@@ -116,6 +142,9 @@ def train_agent(cfg: TrainAgentConfig) -> Path:
     finally:
         env.close()
     config = agent_config(cfg, dataset.name)
+    # The preset with the overrides applied is checked too: a value may come from a flag
+    # (--gamma), from --agent-set gamma=..., or from the preset itself.
+    check_config(config, name=_agent_setting_flag)
     data, transform = prepare_data(config, dataset, low, high)
 
     init_key, fit_key = jax.random.split(jax.random.key(cfg.seed))
@@ -131,6 +160,8 @@ def train_agent(cfg: TrainAgentConfig) -> Path:
         "action_low": np.asarray(low).tolist(),
         "action_high": np.asarray(high).tolist(),
         "dataset": dataset.name,
+        # The data's folder or file: two datasets may share an id (collect --out).
+        "dataset_path": _dataset_location(dataset, cfg.dataset),
         "ref_min_score": dataset.ref_min_score,
         "ref_max_score": dataset.ref_max_score,
         "gamma": config.gamma,
@@ -174,6 +205,7 @@ def train_agent(cfg: TrainAgentConfig) -> Path:
         eval_fn=evaluate if cfg.eval_episodes > 0 else None,
         eval_every=cfg.eval_every,
         checkpoint_every=cfg.checkpoint_every,
+        checkpoint_minutes=cfg.checkpoint_minutes,
         log_backends=cfg.log,
         resume=cfg.resume,
         progress=cfg.progress,
