@@ -26,6 +26,8 @@ the agent works in ``[-1, 1]`` and datasets hold actions in env units.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,9 +39,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mpcdwm import maze
 from mpcdwm.agents import rebrac
 from mpcdwm.checkpoint import load_checkpoint
+from mpcdwm.configs import FIELD_RULES, POSITIVE_INT, check_config
 from mpcdwm.data import ref_scores_for
 from mpcdwm.envs import limit_kwargs, make_env
-from mpcdwm.minari_io import Transitions, write_minari
+from mpcdwm.files import ensure_writable_dir, ensure_writable_parent
+from mpcdwm.minari_io import Transitions, check_target, dataset_target, write_minari
 from mpcdwm.online_td3 import (
     CHECKPOINT_NAME,
     TRANSITION_FIELDS,
@@ -62,7 +66,10 @@ class CollectConfig:
 
     PointMaze ids ignore ``recipe`` and the TD3 options: they record the BFS waypoint
     controller of :mod:`mpcdwm.maze` (D4RL maze2d style) for whole episodes until ``steps``
-    transitions, with ``rollout_noise`` as its action noise.
+    transitions, through :func:`mpcdwm.maze.write_pointmaze_dataset` (the Python API, with
+    the same defaults): action noise ``rollout_noise`` (default
+    :data:`~mpcdwm.maze.POINTMAZE_NOISE` = 0.3) and ``max_episode_steps`` (default the env's
+    registered limit).
     """
 
     env: str = "Hopper-v5"
@@ -75,20 +82,24 @@ class CollectConfig:
     seed: int = 0
     """Seed of everything: agent init, exploration, env resets, rollouts."""
     dataset_id: str | None = None
-    """Minari dataset id; default ``mpcdwm/<env-family>-<recipe>-v0`` (mpcdwm/hopper-medium-v0)."""
+    """Minari dataset id; default derived from what makes the data, so different data get
+    different ids: ``mpcdwm/<env-family>-<recipe>-s<seed>-n<steps>-v0``
+    (mpcdwm/hopper-medium-s0-n100k-v0; see :func:`default_dataset_id`)."""
     out: Path | None = None
     """Write the Minari dataset folder here instead of into the Minari root
     (``MINARI_DATASETS_PATH`` or ~/.minari/datasets)."""
     overwrite: bool = False
-    """Replace an existing dataset with the same id / folder."""
+    """Replace an existing dataset with the same id / folder (only one that mpcdwm wrote:
+    any other folder is refused, never deleted)."""
     train_steps: int = 300_000
     """Env-step budget of the online TD3 agent (one update per env step)."""
     start_steps: int = 10_000
     """Uniform random actions for this many env steps before TD3 starts acting and learning."""
     expl_noise: float = 0.1
     """Std of the Gaussian exploration noise during training (actions in [-1, 1])."""
-    rollout_noise: float = 0.1
-    """Std of the Gaussian action noise when recording medium/expert rollouts (0: deterministic)."""
+    rollout_noise: float | None = None
+    """Std of the Gaussian action noise when recording (0: deterministic); None: 0.1 for the
+    medium/expert rollouts of the TD3 recipes, 0.3 for PointMaze's BFS controller."""
     medium_fraction: float = 1.0 / 3.0
     """Medium = first policy whose evaluation return reaches this fraction of the expert's."""
     eval_every: int = 5_000
@@ -99,6 +110,9 @@ class CollectConfig:
     """Env steps between fused blocks of as many TD3 updates (one jitted scan)."""
     checkpoint_every: int = 20_000
     """Checkpoint the online agent, its buffer and progress every this many env steps."""
+    checkpoint_minutes: float = 5.0
+    """Also checkpoint the online agent every this many minutes of wall time (0 = every
+    chunk)."""
     max_episode_steps: int | None = None
     """Episode time limit; None keeps the env's registered limit (1000 for MuJoCo)."""
     batch_size: int = 256
@@ -113,11 +127,83 @@ class CollectConfig:
     """Show rich progress bars."""
 
 
-def default_dataset_id(env_id: str, recipe: str) -> str:
-    """``mpcdwm/<family>-<recipe>-v0``; ``Hopper-v5`` gives family ``hopper``."""
+TD3_ROLLOUT_NOISE = 0.1
+"""Action noise of the TD3 recipes' medium/expert rollouts when ``rollout_noise`` is None."""
+
+# Settings that do not change the recorded data: left out of the default dataset id.
+_NOT_DATA = frozenset(
+    {
+        "dataset_id",
+        "out",
+        "overwrite",
+        "progress",
+        "agent_dir",
+        "checkpoint_every",
+        "checkpoint_minutes",
+    }
+)
+# Settings of the online TD3 agent: they do not apply to the random recipe and PointMaze.
+_TD3_ONLY = frozenset(
+    {
+        "train_steps",
+        "start_steps",
+        "expl_noise",
+        "medium_fraction",
+        "eval_every",
+        "eval_episodes",
+        "chunk",
+        "batch_size",
+    }
+)
+
+
+def _count(n: int) -> str:
+    """``100000`` -> ``100k``, ``1000000`` -> ``1m``, ``2500`` -> ``2500``."""
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
+    if n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+def _family(env_id: str) -> str:
+    """``Hopper-v5`` -> ``hopper``, ``PointMaze_UMaze-v3`` -> ``pointmaze-umaze``."""
     base = env_id.split("/")[-1].split(":")[-1]
     family = base.rsplit("-v", 1)[0] if base.rsplit("-v", 1)[-1].isdigit() else base
-    return f"mpcdwm/{family.lower().replace('_', '-')}-{recipe}-v0"
+    return family.lower().replace("_", "-")
+
+
+def default_dataset_id(cfg: CollectConfig) -> str:
+    """The dataset id ``collect`` gives ``cfg``'s data without ``--dataset-id``.
+
+    ``mpcdwm/<family>-<recipe>-s<seed>-n<steps>[-t<train steps>][-c<hash>]-v0``, e.g.
+    ``mpcdwm/hopper-medium-s0-n100k-v0``: seed and size always (medium-replay: no ``n``, its
+    size is the replay buffer), the online TD3 budget when not the default, and a short hash
+    of any other non-default setting that changes the data (noise, time limit, ...). So two
+    datasets made differently never share an id, and the same command gives the same id.
+    PointMaze: recipe ``bfs`` (its controller), no TD3 settings.
+    """
+    maze_env = "PointMaze" in cfg.env
+    recipe = "bfs" if maze_env else cfg.recipe
+    parts = [_family(cfg.env), recipe, f"s{cfg.seed}"]
+    if maze_env or cfg.recipe != "medium-replay":
+        parts.append(f"n{_count(cfg.steps)}")
+    defaults = CollectConfig()
+    td3 = not maze_env and cfg.recipe != "random"
+    if td3 and cfg.train_steps != defaults.train_steps:
+        parts.append(f"t{_count(cfg.train_steps)}")
+    named = {"env", "recipe", "seed", "steps", "train_steps"}
+    other = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name not in _NOT_DATA | named
+        and (td3 or f.name not in _TD3_ONLY)
+        and getattr(cfg, f.name) != getattr(defaults, f.name)
+    }
+    if other:
+        text = json.dumps(other, sort_keys=True, default=str)
+        parts.append("c" + hashlib.sha256(text.encode()).hexdigest()[:6])
+    return f"mpcdwm/{'-'.join(parts)}-v0"
 
 
 def command_line(cfg: CollectConfig) -> str:
@@ -138,17 +224,15 @@ def command_line(cfg: CollectConfig) -> str:
     return " ".join(parts)
 
 
+# collect evaluates its online agent to find the medium point: it needs evaluations.
+COLLECT_RULES = {**FIELD_RULES, "eval_every": POSITIVE_INT, "eval_episodes": POSITIVE_INT}
+
+
 def _check_config(cfg: CollectConfig) -> None:
+    """Every setting in its valid range (one error naming each bad flag), before any work."""
     if cfg.recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {RECIPES}, got {cfg.recipe!r}.")
-    positive = ("steps", "train_steps", "eval_every", "eval_episodes", "chunk", "batch_size")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}.")
-    if not 0.0 < cfg.medium_fraction <= 1.0:
-        raise ValueError(f"--medium-fraction must be in (0, 1], got {cfg.medium_fraction}.")
-    if cfg.start_steps < 0 or cfg.expl_noise < 0 or cfg.rollout_noise < 0:
-        raise ValueError("--start-steps, --expl-noise and --rollout-noise must be >= 0.")
+    check_config(cfg, COLLECT_RULES)
 
 
 # ------------------------------------------------------------------------ the command
@@ -160,21 +244,30 @@ def collect(cfg: CollectConfig) -> str:
     Returns the Minari dataset id (or the folder ``cfg.out``), loadable with
     :func:`mpcdwm.data.load_dataset`.
     """
+    _check_config(cfg)
+    dataset_id = cfg.dataset_id or default_dataset_id(cfg)
+    # Before any work (training the online agent can take hours): where the dataset goes
+    # must be free (or an mpcdwm dataset to --overwrite) and writable, and so must the
+    # online agent's folder.
+    if cfg.out is not None:
+        ensure_writable_parent(cfg.out, "--out")  # named as given (the target is absolute)
+    flag = f"--out {cfg.out}" if cfg.out is not None else f"--dataset-id {dataset_id}"
+    check_target(dataset_target(dataset_id, cfg.out), overwrite=cfg.overwrite, flag=flag)
     if "PointMaze" in cfg.env:  # the maze controller replaces the online TD3 recipes
         return maze.write_pointmaze_dataset(
             cfg.env,
             steps=cfg.steps,
             seed=cfg.seed,
-            noise=cfg.rollout_noise,
+            noise=maze.POINTMAZE_NOISE if cfg.rollout_noise is None else cfg.rollout_noise,
+            max_episode_steps=cfg.max_episode_steps,
             out=None if cfg.out is None else str(cfg.out),
-            dataset_id=cfg.dataset_id,
+            dataset_id=dataset_id,
             overwrite=cfg.overwrite,
         )
-    _check_config(cfg)
+    if cfg.recipe != "random":
+        ensure_writable_dir(cfg.agent_dir or default_agent_dir(cfg), "--agent-dir")
     console = Console(stderr=True)
-    dataset_id = cfg.dataset_id or default_dataset_id(cfg.env, cfg.recipe)
-    if cfg.out is not None and cfg.out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{cfg.out} already exists; pass --overwrite or another --out.")
+    noise = TD3_ROLLOUT_NOISE if cfg.rollout_noise is None else cfg.rollout_noise
     td3 = rebrac.td3_config(batch_size=cfg.batch_size)
     d4rl = ref_scores_for(cfg.env)
     root_key = jax.random.key(cfg.seed)
@@ -204,7 +297,7 @@ def collect(cfg: CollectConfig) -> str:
                 td3,
                 steps=cfg.steps,
                 key=key,
-                noise=cfg.rollout_noise,
+                noise=noise,
                 max_episode_steps=cfg.max_episode_steps,
                 progress=bar,
                 label=label,

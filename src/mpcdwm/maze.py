@@ -27,10 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from mpcdwm.envs import make_env
+from mpcdwm.envs import limit_kwargs, make_env
 from mpcdwm.minari_io import write_minari
 
 Cell = tuple[int, int]
+
+POINTMAZE_NOISE = 0.3
+"""Default std of the Gaussian action noise added to the BFS controller's actions (actions in
+[-1, 1]), for the Python API and ``mpcdwm collect`` alike: enough spread for an offline
+learner to see recoveries, little enough that (almost) every episode reaches its goal."""
 
 
 def bfs_path(maze_map: list[list[int]], start: Cell, goal: Cell) -> list[Cell]:
@@ -70,11 +75,14 @@ def collect_pointmaze(
     episodes: int | None = None,
     steps: int | None = None,
     seed: int,
-    noise: float = 0.3,
-    max_episode_steps: int = 300,
+    noise: float = POINTMAZE_NOISE,
+    max_episode_steps: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the BFS waypoint controller for ``episodes`` episodes, or whole episodes until
     at least ``steps`` transitions (give exactly one of them).
+
+    ``max_episode_steps``: episode time limit; None keeps the env's registered limit (300
+    for UMaze, 600 Medium, 800 Large), the one evaluation episodes get.
 
     Returns collect-style transitions (observations (N, 8), actions (N, 2), rewards (N,),
     next_observations, terminals, truncations).
@@ -85,7 +93,7 @@ def collect_pointmaze(
         raise ValueError(
             f"{env_id!r} is not a PointMaze id; maze collection covers PointMaze only."
         )
-    env = make_env(env_id, max_episode_steps=max_episode_steps)
+    env = make_env(env_id, **limit_kwargs(max_episode_steps))
     maze = env.unwrapped.maze
     rng = np.random.default_rng(seed)
     rows: dict[str, list[Any]] = {
@@ -141,14 +149,20 @@ def write_pointmaze_dataset(
     seed: int,
     out: str | None = None,
     dataset_id: str | None = None,
-    noise: float = 0.3,
-    max_episode_steps: int = 300,
+    noise: float = POINTMAZE_NOISE,
+    max_episode_steps: int | None = None,
     overwrite: bool = False,
 ) -> str:
     """Collect with :func:`collect_pointmaze` and write a Minari dataset (ref scores 0 and 1).
 
+    ``mpcdwm collect --env PointMaze_...`` runs exactly this, with the same defaults.
     Returns the dataset id, or ``out`` as a string.
     """
+    if noise < 0 or (max_episode_steps is not None and max_episode_steps < 1):
+        raise ValueError(
+            f"PointMaze collection needs noise >= 0 and max_episode_steps >= 1 or None, got "
+            f"{noise} and {max_episode_steps}."
+        )
     data = collect_pointmaze(
         env_id,
         episodes=episodes,

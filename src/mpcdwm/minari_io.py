@@ -1,11 +1,15 @@
 """Writing transitions as a Minari dataset (what ``collect`` and the PointMaze recorder make).
 
 Owns :func:`write_minari`: episodes cut from flat transitions, written to a staging folder
-and moved into place, so a killed write never leaves half a dataset under the final name.
+and moved into place, so a killed write never leaves half a dataset under the final name;
+and where a dataset goes (:func:`dataset_target`) and whether an existing folder there may
+be replaced (:func:`check_target`: ``--overwrite`` deletes only a dataset this project
+wrote, never a folder of the user's).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mpcdwm.envs import limit_kwargs, make_env
+from mpcdwm.files import UserFileError, ensure_writable_parent
 
 Transitions = dict[str, np.ndarray]
 """Flat host-side transitions: observations ``(N, obs_dim)``, actions ``(N, act_dim)`` (env
@@ -64,6 +69,58 @@ def _minari_root(path: Path) -> Iterator[None]:
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
+def dataset_target(dataset_id: str, out: str | os.PathLike | None) -> Path:
+    """The folder a dataset is written to: ``out`` made absolute, or the id's folder under
+    the Minari root (``MINARI_DATASETS_PATH``, default ~/.minari/datasets)."""
+    from minari.storage import get_dataset_path
+
+    # Absolute: Minari resolves a relative folder against its own root (MINARI_DATASETS_PATH).
+    return Path(out).resolve() if out is not None else Path(get_dataset_path(dataset_id))
+
+
+def written_by_mpcdwm(folder: Path) -> str | None:
+    """None if ``folder`` is a Minari dataset this project wrote (nothing but ``data/``, whose
+    ``metadata.json`` holds the ``mpcdwm_*`` keys :func:`write_minari` records); otherwise
+    why it is not."""
+    if not folder.is_dir():
+        return "it is a file, not a dataset folder"
+    others = sorted(p.name for p in folder.iterdir() if p.name != "data")
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        return f"it holds files that are not part of a Minari dataset ({shown})"
+    meta_file = folder / "data" / "metadata.json"
+    if not meta_file.is_file():
+        return "it has no data/metadata.json, so it is no Minari dataset"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"its {meta_file.name} cannot be read, so nothing says mpcdwm wrote it"
+    if not isinstance(meta, dict) or not any(str(k).startswith("mpcdwm_") for k in meta):
+        return "its metadata does not say mpcdwm wrote it (no mpcdwm_* keys)"
+    return None
+
+
+def check_target(target: Path, *, overwrite: bool, flag: str) -> None:
+    """Raise unless a dataset may be written to ``target``: its parent folder is writable,
+    and ``target`` does not exist, or ``overwrite`` is set and it is a dataset this project
+    wrote (:func:`written_by_mpcdwm`). ``flag`` names the setting in messages (``--out
+    DIR``). Run before any work: collecting can take hours."""
+    ensure_writable_parent(target, flag.split()[0])
+    if not target.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{flag}: {target} already exists; pass --overwrite to replace it, or choose "
+            "another --dataset-id / --out."
+        )
+    why_not = written_by_mpcdwm(target)
+    if why_not is not None:
+        raise UserFileError(
+            f"{flag}: --overwrite refuses to delete {target}: {why_not}. Pass another "
+            "--out / --dataset-id, or remove the folder yourself if it is really expendable."
+        )
+
+
 def write_minari(
     data: Transitions,
     *,
@@ -79,20 +136,14 @@ def write_minari(
     """Write ``data`` as Minari dataset ``dataset_id``; returns the id, or the absolute ``out``.
 
     The dataset is built in a staging folder and moved into place, so a killed
-    write never leaves half a dataset under the final name.
+    write never leaves half a dataset under the final name. An existing dataset is
+    replaced only with ``overwrite`` and only if this project wrote it (:func:`check_target`).
     """
     import minari
-    from minari.storage import get_dataset_path
 
-    # Absolute: Minari resolves a relative folder against its own root (MINARI_DATASETS_PATH).
-    target = Path(out).resolve() if out is not None else get_dataset_path(dataset_id)
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"dataset {dataset_id!r} already exists at {target}; pass --overwrite to replace "
-                "it, or choose another --dataset-id / --out."
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = dataset_target(dataset_id, out)
+    flag = f"--out {out}" if out is not None else f"--dataset-id {dataset_id}"
+    check_target(target, overwrite=overwrite, flag=flag)
     env = make_env(env_id, **limit_kwargs(max_episode_steps))
     stage = Path(tempfile.mkdtemp(prefix=".collect-", dir=target.parent))
     try:
