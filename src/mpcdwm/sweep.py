@@ -32,7 +32,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mpcdwm.configs import config_from_mapping, read_mapping_file, set_dotted
+from mpcdwm.configs import (
+    ConfigError,
+    check_config,
+    config_from_mapping,
+    read_mapping_file,
+    set_dotted,
+)
+from mpcdwm.files import ensure_writable_dir
+from mpcdwm.mpc import validate_config
 from mpcdwm.pipeline import RunConfig, run
 from mpcdwm.report import ReportConfig, report
 
@@ -92,14 +100,34 @@ def run_trial(run_config: dict[str, Any]) -> str:
     return str(run(config_from_mapping(RunConfig, run_config)))
 
 
+def check_trials(trials: list[Trial], source: Path) -> None:
+    """Build and check every trial's RunConfig (types, ranges, planner settings) before Ray
+    starts: a typo in the sweep file fails now, naming the trial, not after hours."""
+    for trial in trials:
+        try:
+            run_cfg = config_from_mapping(RunConfig, trial.run_config)
+            check_config(run_cfg, skip=("mpc",))
+            validate_config(run_cfg.mpc)
+        except (ConfigError, ValueError, TypeError) as err:
+            raise ConfigError(f"sweep file {source}, trial {trial.name}: {err}") from err
+
+
 def sweep(cfg: SweepConfig) -> Path:
     """Run every trial of the sweep file on Ray; returns the report path."""
-    import ray  # the optional `ray` extra
+    try:
+        import ray  # the optional `ray` extra
+    except ImportError as err:
+        raise RuntimeError('mpcdwm sweep needs Ray: pip install "mpcdwm[ray]"') from err
 
     console = Console(stderr=True)
     spec = read_mapping_file(cfg.config, "sweep file")
-    trials = expand_trials(spec)
+    try:
+        trials = expand_trials(spec)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"sweep file {cfg.config}: {err}") from err
     out = Path(spec.get("out", "runs/sweep"))
+    check_trials(trials, cfg.config)
+    ensure_writable_dir(out, f"the sweep's out ({cfg.config})")
     retries = int(spec.get("retries", 1))
     cpus = float(spec.get("cpus_per_trial", 1))
     console.print(f"sweep: {len(trials)} trial(s) -> {out}")
