@@ -8,11 +8,14 @@ budget, then resumed to the full budget, exactly the interrupted-collection path
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import minari
 import numpy as np
 import pytest
 
+from mpcdwm import online_td3
+from mpcdwm.agents.rebrac import dataset_key
 from mpcdwm.checkpoint import CheckpointError
 from mpcdwm.collect import CollectConfig, collect, command_line, default_dataset_id
 from mpcdwm.data import D4RL_REF_SCORES, load_dataset
@@ -54,7 +57,9 @@ def test_random_hopper_by_id_roundtrip(hopper_random, monkeypatch):
     root, cfg = hopper_random
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     dataset_id = collect(cfg)
-    assert dataset_id == "mpcdwm/hopper-random-v0" == default_dataset_id("Hopper-v5", "random")
+    # The default id says seed and size; the non-default time limit adds a settings hash.
+    assert dataset_id == default_dataset_id(cfg)
+    assert dataset_id.startswith("mpcdwm/hopper-random-s3-n3k-c") and dataset_id.endswith("-v0")
     assert dataset_id in minari.list_local_datasets()
     ds = load_dataset(dataset_id)
     assert len(ds) == 3000 and ds.obs_dim == 11 and ds.act_dim == 3 and ds.env_id == "Hopper-v5"
@@ -85,6 +90,38 @@ def test_random_hopper_by_id_roundtrip(hopper_random, monkeypatch):
     np.testing.assert_array_equal(again.observations, ds.observations)
     np.testing.assert_array_equal(again.actions, ds.actions)
     assert (out / "data" / "main_data.hdf5").is_file()
+
+
+def test_default_dataset_ids_differ_when_the_data_differ():
+    """Without --dataset-id every dataset used to be mpcdwm/<env>-<recipe>-v0, whatever its
+    seed or size, so different data shared one id and reports pooled them."""
+    base = CollectConfig(env="Hopper-v5", recipe="medium", steps=100_000, seed=0)
+    assert default_dataset_id(base) == "mpcdwm/hopper-medium-s0-n100k-v0"
+    variants = [
+        base,
+        dataclasses.replace(base, seed=1),
+        dataclasses.replace(base, steps=50_000),
+        dataclasses.replace(base, train_steps=1_000_000),  # the online TD3 budget
+        dataclasses.replace(base, rollout_noise=0.3),
+        dataclasses.replace(base, max_episode_steps=500),
+        dataclasses.replace(base, recipe="expert"),
+        dataclasses.replace(base, env="Walker2d-v5"),
+    ]
+    ids = [default_dataset_id(c) for c in variants]
+    assert len(set(ids)) == len(ids), ids
+    assert ids[3] == "mpcdwm/hopper-medium-s0-n100k-t1m-v0"
+    # Settings that do not change the data do not change the id; the TD3 budget means
+    # nothing to the random recipe; medium-replay's size is its replay buffer.
+    same = dataclasses.replace(base, out=Path("x"), progress=False, checkpoint_minutes=1.0)
+    assert default_dataset_id(same) == ids[0]
+    rand = dataclasses.replace(base, recipe="random")
+    assert default_dataset_id(dataclasses.replace(rand, train_steps=5)) == default_dataset_id(rand)
+    replay = dataclasses.replace(base, recipe="medium-replay")
+    assert default_dataset_id(replay) == "mpcdwm/hopper-medium-replay-s0-v0"
+    # The agent presets still read the family and task from the new ids.
+    assert dataset_key(ids[0]) == "hopper-medium" and dataset_key(ids[3]) == "hopper-medium"
+    assert dataset_key(default_dataset_id(replay)) == "hopper-medium-replay"
+    assert dataset_key(default_dataset_id(rand)) == "hopper-random"
 
 
 # ------------------------------------------------------------------ online TD3
@@ -151,6 +188,27 @@ def test_resume_continues_the_interrupted_run(pendulum):
     assert (cfg.agent_dir / CHECKPOINT_NAME).is_file()
 
 
+def test_online_agent_also_checkpoints_by_wall_time(tmp_path, monkeypatch):
+    """--checkpoint-minutes reaches the online TD3 loop: with 0 it saves after every chunk,
+    though --checkpoint-every alone would save only at the end (a kill would lose it all)."""
+    saved = []
+    real_save = online_td3._save_run
+
+    def counting_save(path, run, meta, done):
+        saved.append(run.env_steps)
+        real_save(path, run, meta, done)
+
+    monkeypatch.setattr(online_td3, "_save_run", counting_save)
+    cfg = _pendulum_cfg(tmp_path, train_steps=750, start_steps=250, eval_every=750, eval_episodes=1)
+    train_online(dataclasses.replace(cfg, checkpoint_every=10**9, checkpoint_minutes=0.0))
+    assert saved == [250, 500, 750]
+    saved.clear()
+    # The wall-time setting is no part of the agent's identity: a resume with another
+    # value is accepted (and, with nothing left to train, saves nothing).
+    train_online(dataclasses.replace(cfg, checkpoint_every=10**9, checkpoint_minutes=5.0))
+    assert saved == []
+
+
 def test_recipes_have_the_right_structure(pendulum, tmp_path):
     cfg, _, _, run = pendulum
     final = run.evals[-1]["return"]
@@ -190,8 +248,6 @@ def test_recipes_have_the_right_structure(pendulum, tmp_path):
 
 def test_relative_out_folder_is_written_where_asked(tmp_path, monkeypatch):
     """A relative --out lands below the working directory (Minari used to join it to its root)."""
-    from pathlib import Path
-
     monkeypatch.chdir(tmp_path)
     cfg = CollectConfig(
         env="Hopper-v5", recipe="random", steps=300, out=Path("rel"), progress=False

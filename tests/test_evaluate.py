@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,7 @@ def test_eval_json_layout(cfg, result):
     assert path == cfg.out / "eval.json" and not (cfg.out / "eval.json.tmp").exists()
     assert set(data) == {
         "dataset",
+        "dataset_path",
         "env_id",
         "seed",
         "ref_scores",
@@ -65,6 +67,8 @@ def test_eval_json_layout(cfg, result):
         "planners",
     }
     assert data["env_id"] == "InvertedPendulum-v5" and data["seed"] == 7
+    assert data["dataset_path"].endswith("pendulum-noisy.hdf5")  # absolute: tells ids apart
+    assert Path(data["dataset_path"]).is_absolute()
     assert data["config"]["planner"] == list(cfg.planner)
     assert data["config"]["agent"] == str(cfg.agent) and data["config"]["mpc"]["horizon"] == 3
     wm = data["world_model"]

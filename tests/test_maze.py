@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
@@ -10,7 +12,12 @@ pytest.importorskip("gymnasium_robotics")
 
 from mpcdwm.data import load_dataset  # noqa: E402
 from mpcdwm.envs import make_env  # noqa: E402
-from mpcdwm.maze import bfs_path, collect_pointmaze, write_pointmaze_dataset  # noqa: E402
+from mpcdwm.maze import (  # noqa: E402
+    POINTMAZE_NOISE,
+    bfs_path,
+    collect_pointmaze,
+    write_pointmaze_dataset,
+)
 
 
 def test_bfs_path_goes_around_walls():
@@ -79,12 +86,31 @@ def test_d4rl_antmaze_file_appends_goal(tmp_path):
 
 
 def test_collect_command_dispatches_pointmaze(tmp_path):
+    """`collect --env PointMaze_...` is the Python API: same defaults (noise 0.3, the env's
+    time limit), --max-episode-steps passed through, settings validated (issue 11 defect 5:
+    the command used noise 0.1, ignored the time limit and skipped validation)."""
     from mpcdwm.collect import CollectConfig, collect
+    from mpcdwm.configs import ConfigError
 
-    out = collect(CollectConfig(env="PointMaze_UMaze-v3", steps=200, seed=3, out=tmp_path / "c"))
-    ds = load_dataset(out)
+    cfg = CollectConfig(env="PointMaze_UMaze-v3", steps=200, seed=3, progress=False)
+    ds = load_dataset(collect(dataclasses.replace(cfg, out=tmp_path / "c")))
     assert len(ds.observations) >= 200 and ds.observations.shape[1] == 8
     assert float(ds.rewards.sum()) >= 2  # the BFS controller, not a random policy
+    api = load_dataset(
+        write_pointmaze_dataset(env_id=cfg.env, steps=200, seed=3, out=str(tmp_path / "a"))
+    )
+    np.testing.assert_array_equal(ds.actions, api.actions)  # one path, one default noise
+    assert ds.metadata["mpcdwm_noise"] == POINTMAZE_NOISE == 0.3
+
+    short = load_dataset(
+        collect(dataclasses.replace(cfg, out=tmp_path / "s", max_episode_steps=40))
+    )
+    lengths = np.diff(np.r_[-1, np.flatnonzero(short.episode_ends)])
+    assert lengths.max() <= 40 and short.timeouts.any()  # the limit cut episodes
+    for bad in ({"steps": 0}, {"rollout_noise": -0.1}, {"max_episode_steps": 0}):
+        with pytest.raises(ConfigError, match="must be >= "):
+            collect(dataclasses.replace(cfg, out=tmp_path / "bad", **bad))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_rebrac_on_pointmaze_umaze_beats_random(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from mpcdwm.files import UserFileError
 from mpcdwm.mpc import MPCConfig
 from mpcdwm.report import (
     Estimate,
@@ -57,6 +58,7 @@ def write_eval(
     agent_dir: str | None = None,
     max_steps: int | None = None,
     agent: dict | None = None,
+    dataset_path: str | None = None,
 ) -> Path:
     """``out/eval.json`` exactly as ``mpcdwm evaluate`` lays it out; ``planners``: name ->
     per-episode returns (``none`` is the base policy). ``agent``: the ``agent`` block
@@ -121,6 +123,8 @@ def write_eval(
     }
     if agent is not None:
         data["agent"] = agent
+    if dataset_path is not None:
+        data["dataset_path"] = dataset_path
     out.mkdir(parents=True, exist_ok=True)
     path = out / "eval.json"
     path.write_text(json.dumps(data, indent=1))
@@ -451,3 +455,33 @@ def test_tables_render_the_same_cells(tmp_path):
             for cell in row:
                 assert f"| {cell} |" in md or f"| {cell}" in md
                 assert f"<td>{cell}</td>" in page
+
+
+def test_datasets_sharing_an_id_are_told_apart_by_their_folder(tmp_path):
+    """Two different datasets written with one id (collect --out twice, --dataset-id the
+    same) are reported apart, labelled id + folder; one folder seen twice is one dataset."""
+    same_id = "mpcdwm/hopper-medium-v0"
+    run_eval(tmp_path, "a0", seed=0, dataset=same_id, dataset_path="/data/seed0/hopper")
+    run_eval(tmp_path, "a1", seed=1, dataset=same_id, dataset_path="/data/seed0/hopper")
+    run_eval(tmp_path, "b0", seed=0, dataset=same_id, dataset_path="/data/seed1/hopper", shift=9)
+    summary = summarize([r for f in find_eval_files((tmp_path,)) for r in load_results(f)])
+    assert summary.datasets == (f"{same_id} (seed0/hopper)", f"{same_id} (seed1/hopper)")
+    by_label = entries_by_label(summary)
+    assert by_label[(f"{same_id} (seed0/hopper)", "mpc")].gain.n_seeds == 2
+    assert by_label[(f"{same_id} (seed1/hopper)", "mpc")].gain.n_seeds == 1
+    # Files without a recorded path (older ones) keep the bare id.
+    old = tmp_path / "old"
+    run_eval(old, "x", dataset=same_id)
+    summary = summarize(load_results(old / "x" / "eval" / "eval.json"))
+    assert summary.datasets == (same_id,)
+
+
+def test_damaged_eval_json_is_named(tmp_path):
+    path = run_eval(tmp_path, "cut")
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # a copy cut short
+    with pytest.raises(UserFileError, match=r"eval\.json .*cut/eval/eval\.json is damaged or cut"):
+        load_results(path)
+    path.write_text(json.dumps({"seed": 0, "planners": {"none": {"returns": 3}}}))
+    with pytest.raises(UserFileError, match="not shaped like an eval.json"):
+        load_results(path)
