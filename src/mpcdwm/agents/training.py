@@ -186,10 +186,10 @@ def train_agent(cfg: TrainAgentConfig) -> Path:
             seed=cfg.eval_seed,
         )
         returns = np.asarray(stats.returns)
-        return {
-            "eval_return": float(returns.mean()),
-            "eval_score": float(dataset.normalized_score(returns).mean()),
-        }
+        result = {"eval_return": float(returns.mean())}
+        if dataset.ref_min_score is not None:  # no reference returns: no normalized score
+            result["eval_score"] = float(dataset.normalized_score(returns).mean())
+        return result
 
     fit(
         name=f"train-agent {cfg.agent}",
