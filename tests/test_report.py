@@ -227,6 +227,25 @@ def test_recorded_agents_split_rows_and_pair_each_planner_with_its_own_base(tmp_
     assert summary.notes == ()  # every file records its agent
 
 
+def test_agents_of_different_kinds_are_labelled_by_kind_not_by_every_hyperparameter(tmp_path):
+    def agent(kind: str, bc: float) -> dict:
+        config = {"actor_bc_coef": bc, "network": "corl" if kind == "rebrac" else "flax"}
+        return {"kind": kind, "steps": 100, "seed": 0, "config": config}
+
+    evals = [
+        write_eval(tmp_path / n, planners={"none": base_returns(i, 10)}, agent=agent(k, bc))
+        for i, (n, k, bc) in enumerate(
+            [("r1", "rebrac", 0.01), ("r2", "rebrac", 0.1), ("t", "td3bc", 0.4)]
+        )
+    ]
+    labels = {label for _, label in entries_by_label(summarize_files(*evals))}
+    assert labels == {
+        "base (agent=rebrac, agent.actor_bc_coef=0.01)",
+        "base (agent=rebrac, agent.actor_bc_coef=0.1)",
+        "base (agent=td3bc)",
+    }
+
+
 def test_repeated_seed_with_other_returns_is_an_error_naming_both_files(tmp_path):
     a = run_eval(tmp_path, "first", seed=0)
     b = run_eval(tmp_path, "again", seed=0, shift=5.0)

@@ -488,9 +488,15 @@ def display_labels(methods: Iterable[Method]) -> dict[Method, str]:
         names = sorted({k for d in dicts for k in d})
         varying = [k for k in names if len({d.get(k) for d in dicts}) > 1]
         for m, d in zip(same, dicts, strict=True):
+            # An agent's hyperparameters are shown only where they differ between agents of
+            # the same kind: across kinds, the kind says it (``base (agent=iql)``).
+            kin = [e for e in dicts if e.get("agent") == d.get("agent")]
+            shown = [
+                k for k in varying if not k.startswith("agent.") or len({e.get(k) for e in kin}) > 1
+            ]
             parts = [
                 f"{SHORT_KNOBS.get(k, k.removeprefix('mpc.'))}={_knob_text(d.get(k))}"
-                for k in varying
+                for k in shown
             ]
             labels[m] = f"{m.name} ({', '.join(parts)})" if parts else m.name
     if len(set(labels.values())) != len(labels):  # cannot happen: distinct knobs show
