@@ -55,6 +55,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from mpcdwm.agents.presets import changes_from_preset
 from mpcdwm.files import UserFileError, ensure_writable_dir, reading
 
 CONFIDENCE = 0.95
@@ -390,10 +391,17 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
     max_steps = config.get("max_steps")
     agent = data.get("agent")  # kind, steps, seed, config; absent in files of older versions
     if agent:
+        # An agent is its kind, budget and what differs from its published preset for this
+        # dataset (ReBRAC's per-dataset betas are one method: "ReBRAC as published").
+        changes = agent.get("config") or {}
+        try:
+            changes = changes_from_preset(agent.get("kind"), dataset, changes)
+        except ValueError:  # an agent kind this version does not know: every field counts
+            pass
         agent_knobs = {
             "agent": agent.get("kind"),
             "agent_steps": agent.get("steps"),
-            **{f"agent.{k}": v for k, v in sorted((agent.get("config") or {}).items())},
+            **{f"agent.{k}": v for k, v in sorted(changes.items())},
         }
         checkpoint = agent  # the recorded identity (its seed included) names the checkpoint
     else:
@@ -495,7 +503,8 @@ def display_labels(methods: Iterable[Method]) -> dict[Method, str]:
                 k for k in varying if not k.startswith("agent.") or len({e.get(k) for e in kin}) > 1
             ]
             parts = [
-                f"{SHORT_KNOBS.get(k, k.removeprefix('mpc.'))}={_knob_text(d.get(k))}"
+                f"{SHORT_KNOBS.get(k, k.removeprefix('mpc.'))}="
+                + ("preset" if k.startswith("agent.") and k not in d else _knob_text(d.get(k)))
                 for k in shown
             ]
             labels[m] = f"{m.name} ({', '.join(parts)})" if parts else m.name

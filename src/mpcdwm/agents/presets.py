@@ -8,6 +8,7 @@ for a dataset with a :class:`~mpcdwm.agents.training.TrainAgentConfig`'s overrid
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,16 +30,29 @@ def agent_module(name: str) -> types.ModuleType:
     raise ValueError(f"unknown agent {name!r}; choose rebrac, iql or td3bc.")
 
 
+def published_config(agent: str, dataset_name: str, alpha: float = 2.5) -> AgentConfig:
+    """The published config of agent ``agent`` for ``dataset_name`` (no overrides)."""
+    if agent == "rebrac":
+        return rebrac.rebrac_preset(dataset_name)
+    if agent == "td3bc":
+        return rebrac.td3bc_config(alpha=alpha)
+    if agent == "iql":
+        return iql.iql_preset(dataset_name)
+    agent_module(agent)  # raises the error naming the choices
+    raise AssertionError("unreachable")
+
+
+def changes_from_preset(agent: str, dataset_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a stored agent ``config`` (as in a checkpoint's meta) that differ from
+    the published preset for ``dataset_name``: what makes a run more than "agent X as
+    published". Fields the preset does not have are kept."""
+    preset = json.loads(json.dumps(dataclasses.asdict(published_config(agent, dataset_name))))
+    return {k: v for k, v in config.items() if k not in preset or preset[k] != v}
+
+
 def agent_config(cfg: TrainAgentConfig, dataset_name: str) -> AgentConfig:
     """The published config of ``cfg.agent`` for ``dataset_name`` with ``cfg``'s overrides."""
-    if cfg.agent == "rebrac":
-        base: AgentConfig = rebrac.rebrac_preset(dataset_name)
-    elif cfg.agent == "td3bc":
-        base = rebrac.td3bc_config(alpha=cfg.alpha)
-    elif cfg.agent == "iql":
-        base = iql.iql_preset(dataset_name)
-    else:
-        agent_module(cfg.agent)  # raises the error naming the choices
+    base = published_config(cfg.agent, dataset_name, alpha=cfg.alpha)
     names = {f.name for f in dataclasses.fields(base)}
     overrides: dict[str, Any] = {}
     for field in (
