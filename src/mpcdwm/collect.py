@@ -43,10 +43,15 @@ from mpcdwm.configs import FIELD_RULES, POSITIVE_INT, check_config
 from mpcdwm.data import ref_scores_for
 from mpcdwm.envs import limit_kwargs, make_env
 from mpcdwm.files import ensure_writable_dir, ensure_writable_parent
-from mpcdwm.minari_io import Transitions, check_target, dataset_target, write_minari
+from mpcdwm.minari_io import (
+    TRANSITION_FIELDS,
+    Transitions,
+    check_target,
+    dataset_target,
+    write_minari,
+)
 from mpcdwm.online_td3 import (
     CHECKPOINT_NAME,
-    TRANSITION_FIELDS,
     Params,
     default_agent_dir,
     episode_returns,

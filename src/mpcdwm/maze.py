@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mpcdwm.envs import limit_kwargs, make_env
-from mpcdwm.minari_io import write_minari
+from mpcdwm.minari_io import TRANSITION_FIELDS, write_minari
 
 Cell = tuple[int, int]
 
@@ -96,17 +96,7 @@ def collect_pointmaze(
     env = make_env(env_id, **limit_kwargs(max_episode_steps))
     maze = env.unwrapped.maze
     rng = np.random.default_rng(seed)
-    rows: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "observations",
-            "actions",
-            "rewards",
-            "next_observations",
-            "terminals",
-            "truncations",
-        )
-    }
+    rows: dict[str, list[Any]] = {k: [] for k in TRANSITION_FIELDS}
     ep = 0
     while (ep < episodes) if episodes is not None else (len(rows["actions"]) < steps):
         obs, _ = env.reset(seed=seed + ep)

@@ -28,6 +28,15 @@ Transitions = dict[str, np.ndarray]
 """Flat host-side transitions: observations ``(N, obs_dim)``, actions ``(N, act_dim)`` (env
 units), rewards ``(N,)``, next_observations ``(N, obs_dim)``, terminals ``(N,)`` bool,
 truncations ``(N,)`` bool (episode cut by a time limit or by the end of the data)."""
+TRANSITION_FIELDS = (
+    "observations",
+    "actions",
+    "rewards",
+    "next_observations",
+    "terminals",
+    "truncations",
+)
+"""The arrays of :data:`Transitions`, in this order."""
 
 
 def _episode_buffers(data: Transitions) -> Iterator[Any]:

@@ -33,21 +33,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mpcdwm.agents import rebrac
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mpcdwm.envs import env_sizes, limit_kwargs, make_env
-from mpcdwm.minari_io import Transitions
+from mpcdwm.minari_io import TRANSITION_FIELDS, Transitions
 from mpcdwm.rollout import run_episodes
 
 if TYPE_CHECKING:
     from mpcdwm.collect import CollectConfig
 
 Params = Any
-TRANSITION_FIELDS = (
-    "observations",
-    "actions",
-    "rewards",
-    "next_observations",
-    "terminals",
-    "truncations",
-)
 CHECKPOINT_NAME = "online_td3.ckpt"
 
 
