@@ -255,3 +255,27 @@ def test_relative_out_folder_is_written_where_asked(tmp_path, monkeypatch):
     path = collect(cfg)
     assert Path(path) == tmp_path / "rel" and (tmp_path / "rel" / "data").is_dir()
     assert len(load_dataset(path).observations) == 300
+
+
+def test_staging_folders_of_killed_writes_are_removed_by_the_next_write(tmp_path):
+    """A kill during the Minari write leaves a ``.collect-XXXXXXXX`` staging folder beside the
+    target; the next write removes it, and nothing else (a user's look-alike, newer folders)."""
+    import os
+    import time
+
+    stale = tmp_path / ".collect-ab12cd34"
+    (stale / "data").mkdir(parents=True)
+    (stale / "data" / "main_data.hdf5").write_bytes(b"half a dataset")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    mine = tmp_path / ".collect-notes"  # not the staging shape: a user's folder
+    mine.mkdir()
+    os.utime(mine, (old, old))
+    out = collect(
+        CollectConfig(
+            env="Hopper-v5", recipe="random", steps=200, out=tmp_path / "d", progress=False
+        )
+    )
+    assert not stale.exists() and mine.is_dir()
+    assert len(load_dataset(out).rewards) == 200
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".collect-") and p != mine]

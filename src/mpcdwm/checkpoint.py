@@ -36,7 +36,7 @@ MAGIC = b"MPCDWM-CKPT-1\n"
 _DIGEST = 32
 # tempfile.mkstemp names: prefix, 8 characters of this alphabet, suffix (CPython's
 # _RandomNameSequence). Only files of exactly this shape are ever deleted.
-_TMP_RANDOM = r"[a-z0-9_]{8}"
+TMP_RANDOM = r"[a-z0-9_]{8}"
 
 
 def _process_start() -> float:
@@ -50,7 +50,8 @@ def _process_start() -> float:
         return time.time()
 
 
-_PROCESS_START = _process_start()
+PROCESS_START = _process_start()
+"""When this process started: a temporary older than that was left by another (killed) one."""
 
 
 class CheckpointError(RuntimeError):
@@ -96,7 +97,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     (started after us) or any other file is never removed.
     """
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_TMP_RANDOM}\.tmp")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{TMP_RANDOM}\.tmp")
     removed = []
     try:
         candidates = list(path.parent.iterdir())
@@ -106,7 +107,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not pattern.fullmatch(p.name):
             continue
         try:
-            if p.is_file() and not p.is_symlink() and p.stat().st_mtime < _PROCESS_START:
+            if p.is_file() and not p.is_symlink() and p.stat().st_mtime < PROCESS_START:
                 p.unlink()
                 removed.append(p)
         except FileNotFoundError:  # removed meanwhile by someone else: fine

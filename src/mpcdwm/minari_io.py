@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcdwm.checkpoint import PROCESS_START, TMP_RANDOM
 from mpcdwm.envs import limit_kwargs, make_env
 from mpcdwm.files import UserFileError, ensure_writable_parent
 
@@ -130,6 +132,30 @@ def check_target(target: Path, *, overwrite: bool, flag: str) -> None:
         )
 
 
+STAGING_PREFIX = ".collect-"
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Remove the staging folders that killed writes left in ``parent``: only folders named
+    exactly as :func:`write_minari` makes them (``.collect-`` and mkdtemp's 8 characters) and
+    older than this process; returns them."""
+    pattern = re.compile(rf"{re.escape(STAGING_PREFIX)}{TMP_RANDOM}")
+    removed = []
+    try:
+        candidates = list(Path(parent).iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in candidates:
+        try:
+            stale = p.stat().st_mtime < PROCESS_START
+        except FileNotFoundError:
+            continue
+        if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink() and stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def write_minari(
     data: Transitions,
     *,
@@ -154,7 +180,8 @@ def write_minari(
     flag = f"--out {out}" if out is not None else f"--dataset-id {dataset_id}"
     check_target(target, overwrite=overwrite, flag=flag)
     env = make_env(env_id, **limit_kwargs(max_episode_steps))
-    stage = Path(tempfile.mkdtemp(prefix=".collect-", dir=target.parent))
+    remove_stale_staging(target.parent)
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
     try:
         with _minari_root(stage), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Minari nags about optional fields
