@@ -115,6 +115,16 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+CHECKPOINT_FILE = "checkpoint.ckpt"
+"""The checkpoint's file name inside a run folder (what ``train.fit`` writes)."""
+
+
+def checkpoint_file(run_dir_or_ckpt: str | os.PathLike) -> Path:
+    """The checkpoint of a run folder, or the path itself when it names a file."""
+    path = Path(run_dir_or_ckpt)
+    return path / CHECKPOINT_FILE if path.is_dir() else path
+
+
 def checkpoint_digest(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a checkpoint's payload (parameters and meta), read from its header:
     two checkpoints with the same digest hold the same trained thing."""

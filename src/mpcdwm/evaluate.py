@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from mpcdwm.agents import TrainedAgent, load_agent
-from mpcdwm.checkpoint import checkpoint_digest
+from mpcdwm.checkpoint import checkpoint_digest, checkpoint_file
 from mpcdwm.envs import health_rule, make_env
 from mpcdwm.files import ensure_writable_dir
 from mpcdwm.mpc import PLANNERS, MPCConfig, make_planner, resolve, validate_config
@@ -121,15 +121,10 @@ def episode_seed(seed: int, episode: int = 0) -> int:
     return seed * EPISODES_PER_SEED + episode
 
 
-def _checkpoint_file(run_dir_or_ckpt: Path) -> Path:
-    path = Path(run_dir_or_ckpt)
-    return path / "checkpoint.ckpt" if path.is_dir() else path
-
-
 def checkpoint_record(run_dir_or_ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Which checkpoint was evaluated: its path, training step, whether its run finished,
     and the digest of its payload (see :func:`mpcdwm.checkpoint.checkpoint_digest`)."""
-    path = _checkpoint_file(run_dir_or_ckpt)
+    path = checkpoint_file(run_dir_or_ckpt)
     return {
         "path": str(path.resolve()),
         "steps": meta.get("step"),

@@ -26,7 +26,12 @@ from rich.console import Console
 from rich.rule import Rule
 
 from mpcdwm.agents import AgentName, TrainAgentConfig, train_agent
-from mpcdwm.checkpoint import CheckpointError, checkpoint_digest, load_checkpoint
+from mpcdwm.checkpoint import (
+    CheckpointError,
+    checkpoint_digest,
+    checkpoint_file,
+    load_checkpoint,
+)
 from mpcdwm.configs import check_config, read_mapping_file, same_setting
 from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.files import ensure_writable_dir
@@ -133,7 +138,7 @@ def _stage_done(ckpt_dir: Path, steps: int) -> bool:
     """A training stage is done when its checkpoint is final and has the requested steps
     (asking for more steps later continues from it)."""
     try:
-        _, meta = load_checkpoint(ckpt_dir / "checkpoint.ckpt")
+        _, meta = load_checkpoint(checkpoint_file(ckpt_dir))
     except CheckpointError:
         return False
     return bool(meta.get("done")) and int(meta.get("step", 0)) >= steps
@@ -188,7 +193,7 @@ def _check_resumable(previous: dict[str, Any], effective: dict[str, Any], out: P
     """Refuse a config that changes a stage identity of a stage trained in ``out``
     (both arguments: flattened config mappings)."""
     for stage, keys in _STAGE_IDENTITY.items():
-        if not (out / stage / "checkpoint.ckpt").exists():
+        if not checkpoint_file(out / stage).exists():
             continue
         changed = [
             k for k in keys if k in previous and not same_setting(k, previous[k], effective[k])
@@ -242,7 +247,7 @@ def _same_checkpoint(record: dict[str, Any] | None, run_dir: Path | None) -> boo
     if not record or "digest" not in record:
         return False
     try:
-        return checkpoint_digest(run_dir / "checkpoint.ckpt") == record["digest"]
+        return checkpoint_digest(checkpoint_file(run_dir)) == record["digest"]
     except (OSError, CheckpointError):
         return False
 

@@ -31,6 +31,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mpcdwm.checkpoint import (
+    CHECKPOINT_FILE,
     CheckpointError,
     load_checkpoint,
     remove_stale_temporaries,
@@ -209,7 +210,7 @@ def fit(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.ckpt"
+    ckpt_path = out_dir / CHECKPOINT_FILE
     console = console or Console(stderr=True)
     chunk = max(1, min(chunk, steps))
     # Evaluations and checkpoints fall due on chunk multiples (as counted from step 0).

@@ -49,7 +49,7 @@ import numpy as np
 import optax
 from rich.console import Console
 
-from mpcdwm.checkpoint import CheckpointError, load_checkpoint
+from mpcdwm.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
 from mpcdwm.configs import check_config
 from mpcdwm.data import Dataset, load_dataset
 from mpcdwm.envs import check_dataset_against_env
@@ -761,9 +761,7 @@ def load_world_model(run_dir_or_ckpt: str | Path, env_id: str | None = None) -> 
     (:class:`~mpcdwm.checkpoint.CheckpointError` otherwise). Missing, corrupt
     or foreign checkpoints raise ``CheckpointError`` with the fix.
     """
-    path = Path(run_dir_or_ckpt)
-    if path.is_dir():
-        path = path / "checkpoint.ckpt"
+    path = checkpoint_file(run_dir_or_ckpt)
     _, meta = load_checkpoint(path, expect={"kind": "world_model"})
     if env_id is not None and meta.get("env_id") != env_id:
         raise CheckpointError(

@@ -17,7 +17,7 @@ import numpy as np
 
 from mpcdwm.agents.presets import AgentConfig, agent_module, config_from_dict
 from mpcdwm.agents.transform import DataTransform
-from mpcdwm.checkpoint import CheckpointError, load_checkpoint
+from mpcdwm.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
 
 Params = Any
 
@@ -101,9 +101,7 @@ def load_agent(run_dir_or_ckpt: str | Path, env_id: str | None = None) -> Traine
     ``env_id``: when given, a checkpoint trained for another environment is an error.
     Missing, truncated or corrupted files raise :class:`~mpcdwm.checkpoint.CheckpointError`.
     """
-    path = Path(run_dir_or_ckpt)
-    if path.is_dir():
-        path = path / "checkpoint.ckpt"
+    path = checkpoint_file(run_dir_or_ckpt)
     expect: dict[str, Any] = {"kind": "agent"}
     if env_id is not None:
         expect["env_id"] = env_id
