@@ -138,10 +138,11 @@ class MPCConfig:
     termination_sharpness: float = 0.02
     """smooth-rule: width (observation units) of the sigmoid at the healthy boundary."""
     diagnostics: bool = True
-    """mpc, action-grad: roll out once more after the last update to report
-    ``imagined_return_after`` (one extra forward pass of M rollouts: about a quarter of a
-    decision at E=1). Off: that diagnostic is NaN (null in eval.json) and the decision
-    does only the work that chooses the action."""
+    """Roll out what only the diagnostics need: for mpc and action-grad the return after
+    the last update (``imagined_return_after``; one extra forward pass of M rollouts, about a
+    quarter of a decision at E=1), for dream-mpc the proposals' return before refining
+    (``imagined_return_before``). Off: those diagnostics are NaN (null in eval.json) and the
+    decision does only the work that chooses the action."""
 
 
 PAPER_PRESET: dict[str, Any] = {
@@ -740,8 +741,9 @@ def make_dream_step(
             jnp.where(ok, mid + half * jnp.clip(seq[0], -1.0, 1.0), a0), a0, low, high
         )
         plan = jnp.where(ok, jnp.concatenate([seq[1:], seq[-1:]]), jnp.zeros_like(seq))
+        before = values(u0[:C]).max() if cfg.diagnostics else jnp.full((), jnp.nan, obs.dtype)
         diag = {
-            "imagined_return_before": values(u0[:C]).max(),
+            "imagined_return_before": before,
             "imagined_return_after": v[best],
             "grad_norm": norms.mean(),
             "action_change": jnp.linalg.norm(action - a0),
