@@ -6,12 +6,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from mpcdwm.evaluate import EvaluateConfig, evaluate
+from mpcdwm.evaluate import EvaluateConfig, evaluate, imagined_real_correlation
 from mpcdwm.mpc import MPCConfig
 
 SMALL = MPCConfig(
+    diagnostics=True,
     adapt_steps=2,
     num_rollouts=4,
     horizon=3,
@@ -109,7 +111,29 @@ def test_eval_json_layout(cfg, result):
         else:
             assert res["config"]["horizon"] == 3 and res["config"]["world_model"] == "diffusion"
             assert res["config"]["denoise_steps"] == 3
+        corr = res["imagined_real_corr"]
+        assert len(corr) == 2
+        if name == "none":
+            assert corr == [None, None]
+        else:  # a planner's imagined value is an estimate of the real return-to-go
+            assert all(c is None or -1.0 <= c <= 1.0 for c in corr), corr
     assert data["planners"]["mpc"]["config"]["lr"] == 1e-3
+
+
+def test_imagined_real_correlation_against_known_returns():
+    rewards = np.asarray([1.0, 0.0, 2.0, 1.0, 0.5])
+    gamma = 0.9
+    to_go = [sum(gamma**k * r for k, r in enumerate(rewards[t:])) for t in range(5)]
+    assert imagined_real_correlation(np.asarray(to_go), rewards, gamma) == pytest.approx(1.0)
+    assert imagined_real_correlation(-np.asarray(to_go), rewards, gamma) == pytest.approx(-1.0)
+    noisy = np.asarray(to_go) + np.asarray([0.3, -0.2, 0.1, 0.4, -0.5])
+    assert imagined_real_correlation(noisy, rewards, gamma) == pytest.approx(
+        np.corrcoef(noisy, to_go)[0, 1]
+    )
+    assert imagined_real_correlation(np.ones(5), rewards, gamma) is None  # constant
+    assert imagined_real_correlation(np.asarray(to_go[:2]), rewards[:2], gamma) is None
+    with pytest.raises(ValueError, match="equal 1-D shapes"):
+        imagined_real_correlation(np.ones(4), rewards, gamma)
 
 
 def test_deterministic_for_a_seed(cfg, result, tmp_path):

@@ -32,7 +32,7 @@ class PointWorld:
         vel = vel + DT * params["gain"] * a[..., 0]
         return jnp.stack([pos + DT * vel, vel], -1) + 0.0 * noise
 
-    def reward(self, params, s, a):
+    def reward(self, params, s, a, members=None):
         return -jnp.square(s[..., 0]) - 0.1 * jnp.square(a[..., 0])
 
     def reward_disagreement(self, params, s, a):
@@ -154,6 +154,7 @@ def test_point_mass_planners_valid_and_improve_imagined_return(name):
         mppi_samples=64,
         mppi_elites=16,
         mppi_iterations=4,
+        diagnostics=True,
     )
     planner = make_planner(name, cfg, agent, world)
     for s in ([1.0, 0.0], [-2.0, 3.0], [50.0, -50.0]):
@@ -193,6 +194,7 @@ def pendulum(pendulum_runs):
 
 
 SMALL = MPCConfig(
+    diagnostics=True,
     adapt_steps=2,
     num_rollouts=4,
     horizon=3,
@@ -287,3 +289,18 @@ def test_adaptation_raises_real_return_of_weak_policy(pendulum):
         returns[name] = float(np.mean(stats.returns))
     assert returns["none"] <= 5.0, returns  # the base really is weak
     assert returns["mpc"] >= 3.0 * returns["none"], returns
+
+
+def test_reward_from_first_member_or_whole_ensemble(pendulum):
+    """The planner's default reward is the first ensemble member; ``members=None`` the mean."""
+    _, world = pendulum
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(rng.normal(size=(7, world.obs_dim)), jnp.float32)
+    a = jnp.asarray(rng.uniform(-1, 1, size=(7, world.act_dim)), jnp.float32)
+    members = world.reward_members(world.params, s, a)
+    assert members.shape == (world.config.reward_ensemble, 7)
+    assert float(jnp.abs(members[0] - members[1]).max()) > 0  # distinct members
+    np.testing.assert_allclose(world.reward(world.params, s, a), members.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(world.reward(world.params, s, a, 1), members[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="count"):
+        world.reward_members(world.params, s, a, world.config.reward_ensemble + 1)

@@ -42,7 +42,9 @@ def test_placebo_moves_the_action_as_much_but_does_not_help():
     """Same update size, random direction: the action changes by a comparable amount,
     while only the real gradient raises the true return of the poor point-mass policy."""
     agent, world = _point()
-    cfg = MPCConfig(adapt_steps=10, horizon=10, lr=0.3, num_rollouts=2, optimizer="sgd")
+    cfg = MPCConfig(
+        adapt_steps=10, horizon=10, lr=0.3, num_rollouts=2, optimizer="sgd", diagnostics=True
+    )
     s0 = [1.0, 0.0]
     real = make_planner("mpc", cfg, agent, world)
     fake = make_planner("mpc", dataclasses.replace(cfg, update="placebo"), agent, world)
@@ -134,7 +136,7 @@ def test_dream_mpc_recovers_the_poor_policy_and_reuses_its_plan():
     """Dream-MPC (refined policy proposals + the shifted previous plan) raises the true return
     of the runaway point-mass policy; from the second decision on the kept plan competes."""
     agent, world = _point()
-    cfg = MPCConfig(adapt_steps=10, horizon=10, num_rollouts=2, action_lr=0.3)
+    cfg = MPCConfig(adapt_steps=10, horizon=10, num_rollouts=2, action_lr=0.3, diagnostics=True)
     base = make_planner("none", cfg, agent, world)
     dream = make_planner("dream-mpc", dataclasses.replace(cfg, dream_candidates=3), agent, world)
     s0 = [1.0, 0.0]

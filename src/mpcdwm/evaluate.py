@@ -11,14 +11,17 @@
      "planners": {name: {"returns", "lengths", "normalized_scores",
                          "normalized_score": {"mean", "std"}, "latency_ms": {"median", "p95"},
                          "compile_s", "fallbacks", "diagnostics": {name: mean},
-                         "config": {...}, "trace": {"real_return", "imagined_return_before",
-                                                     "imagined_return_after"}}}}
+                         "config": {...}, "imagined_real_corr": [per episode],
+                         "trace": {"real_return", "imagined_return_before",
+                                   "imagined_return_after"}}}}
 
 ``agent`` and ``world_model`` say what was evaluated: each checkpoint's training step,
 whether its run had finished, and the SHA-256 of its payload (``digest``), so a later
 ``mpcdwm run`` can tell that a stage trained further and re-evaluate.
 ``trace`` holds, per decision of episode 0, the cumulative real return before the
-decision and the imagined returns before/after planning. The episodes themselves
+decision and the imagined returns before/after planning. ``imagined_real_corr`` is, per
+episode, how well the planner's imagined return tracks the real one
+(:func:`imagined_real_correlation`; null for the base policy). The episodes themselves
 run through :func:`mpcdwm.rollout.run_episodes`.
 """
 
@@ -109,6 +112,34 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def imagined_real_correlation(
+    imagined: np.ndarray, rewards: np.ndarray, gamma: float
+) -> float | None:
+    """Pearson correlation, over one episode's decisions, of the imagined return before
+    planning (``imagined (T,)``: H model rewards plus the discounted terminal critic, an
+    estimate of the value of the state) and the real discounted return-to-go from that
+    state, ``G_t = sum_k gamma^k r_{t+k}`` (``rewards (T,)``, truncated at the episode's end).
+
+    None when undefined (fewer than 3 decisions, or either series constant or non-finite).
+    """
+    imagined = np.asarray(imagined, np.float64)
+    rewards = np.asarray(rewards, np.float64)
+    if imagined.shape != rewards.shape or imagined.ndim != 1:
+        raise ValueError(
+            f"imagined {imagined.shape} and rewards {rewards.shape} must be equal 1-D shapes."
+        )
+    to_go = np.zeros_like(rewards)
+    acc = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = rewards[t] + gamma * acc
+        to_go[t] = acc
+    if len(imagined) < 3 or not np.all(np.isfinite(imagined)):
+        return None
+    if np.std(imagined) == 0 or np.std(to_go) == 0:
+        return None
+    return float(np.corrcoef(imagined, to_go)[0, 1])
 
 
 EPISODES_PER_SEED = 10_000
@@ -212,14 +243,16 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 "imagined_return_before": [],
                 "imagined_return_after": [],
             }
-            episode = {"i": 0, "ret": 0.0}
+            episode = {"i": 0, "ret": 0.0, "imagined": [], "rewards": []}
             latencies: list[float] = []
+            correlations: list[float | None] = []
 
             def decide(obs, planner=planner, trace=trace, episode=episode, latencies=latencies):
                 planner.compile(obs)  # once; compile time is reported apart from latency
                 t0 = time.perf_counter()
                 action, diag = planner(obs)
                 latencies.append(1e3 * (time.perf_counter() - t0))
+                episode["imagined"].append(diag["imagined_return_before"])
                 if episode["i"] == 0:
                     trace["real_return"].append(episode["ret"])
                     trace["imagined_return_before"].append(diag["imagined_return_before"])
@@ -228,12 +261,21 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
             def on_step(reward, episode=episode):
                 episode["ret"] += reward
+                episode["rewards"].append(reward)
 
             def on_start(i, planner=planner, episode=episode):
                 planner.reset(i)
-                episode["i"], episode["ret"] = i, 0.0
+                episode.update(i=i, ret=0.0, imagined=[], rewards=[])
 
-            def on_episode(i, ret, task=task, lat=latencies):
+            def on_episode(
+                i, ret, task=task, lat=latencies, episode=episode, name=name, out=correlations
+            ):
+                corr = None
+                if name != "none":
+                    corr = imagined_real_correlation(
+                        episode["imagined"], episode["rewards"], float(agent.gamma)
+                    )
+                out.append(corr)
                 info = f"return {ret:8.1f}  {np.median(lat):6.2f} ms/decision"
                 progress.update(task, advance=1, info=info)
 
@@ -270,6 +312,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 "fallbacks": int(sum(d.get("fallback", 0.0) > 0 for d in stats.diagnostics)),
                 "diagnostics": diag_means,
                 "config": _planner_config(name, mpc_cfg, agent, wm_info),
+                "imagined_real_corr": correlations,
                 "trace": {k: [_finite_or_none(x) for x in v] for k, v in trace.items()},
             }
     data = {

@@ -327,20 +327,35 @@ class WorldModel:
         return s + x * c["delta_std"] + c["delta_mean"]
 
     # -- reward ---------------------------------------------------------------
-    def _reward_members(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array:
+    def reward_members(
+        self, params: Params, s: jax.Array, a: jax.Array, count: int | None = None
+    ) -> jax.Array:
+        """Each reward-ensemble member's prediction ``(count, ...)`` in raw units.
+
+        ``count``: only the first ``count`` members are evaluated (None = all); the members
+        share no weights, so one member costs ``1 / reward_ensemble`` of the whole ensemble.
+        """
         s, a = self._check(s, a)
         c = self.consts
         x = jnp.concatenate([(s - c["obs_mean"]) / c["obs_std"], a], axis=-1)
-        out = _networks(self.config, self.obs_dim)["reward"].apply(params["reward"], x)[..., 0]
-        return out * c["reward_std"] + c["reward_mean"]  # (ensemble, ...) raw units
+        net, p = _networks(self.config, self.obs_dim)["reward"], params["reward"]
+        if count is not None:
+            if not 1 <= count <= net.size:
+                raise ValueError(f"count must be in [1, {net.size}], got {count}.")
+            net, p = net.clone(size=count), jax.tree_util.tree_map(lambda w: w[:count], p)
+        out = net.apply(p, x)[..., 0]
+        return out * c["reward_std"] + c["reward_mean"]
 
-    def reward(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array:
-        """Predicted reward (scalar, raw units): the ensemble mean."""
-        return jnp.mean(self._reward_members(params, s, a), axis=0)
+    def reward(
+        self, params: Params, s: jax.Array, a: jax.Array, members: int | None = None
+    ) -> jax.Array:
+        """Predicted reward (scalar, raw units): the mean of the first ``members`` ensemble
+        members (None = all of them)."""
+        return jnp.mean(self.reward_members(params, s, a, members), axis=0)
 
     def reward_disagreement(self, params: Params, s: jax.Array, a: jax.Array) -> jax.Array:
         """Ensemble standard deviation of the reward (scalar >= 0; 0 for a single member)."""
-        members = self._reward_members(params, s, a)
+        members = self.reward_members(params, s, a)
         if members.shape[0] == 1:
             return jnp.zeros_like(members[0])
         # sqrt(var + tiny) keeps the gradient finite where members agree exactly.
