@@ -38,6 +38,37 @@ def test_paper_preset_sets_the_papers_setting_and_keeps_explicit_choices():
         resolve(MPCConfig(preset="papr"))  # type: ignore[arg-type]
 
 
+def test_amortized_mode_continues_the_previous_steps_optimization():
+    """E=1 with weights carried across real steps (the paper preset) is one long optimization:
+    k decisions from the same state act as one decision with E=k (the point-mass model ignores
+    its noise, so every step sees the same objective), and an episode start resets it."""
+    agent, world = _point()
+    s = np.asarray([1.0, 0.0], np.float32)
+    amortized = make_planner(
+        "mpc", MPCConfig(preset="paper", lr=0.05, num_rollouts=2, horizon=5), agent, world
+    )
+    for k in (1, 2, 3):
+        a_amortized, _ = amortized(s)
+        one_shot = make_planner(
+            "mpc",
+            MPCConfig(optimizer="sgd", adapt_steps=k, lr=0.05, num_rollouts=2, horizon=5),
+            agent,
+            world,
+        )
+        a_once, _ = one_shot(s)
+        np.testing.assert_allclose(a_amortized, a_once, rtol=1e-5, atol=1e-6)
+    amortized.reset(1)
+    first_again, _ = amortized(s)
+    fresh = make_planner(
+        "mpc",
+        MPCConfig(optimizer="sgd", adapt_steps=1, lr=0.05, num_rollouts=2, horizon=5),
+        agent,
+        world,
+    )
+    np.testing.assert_allclose(first_again, fresh(s)[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first_again, a_amortized)  # three steps moved further than one
+
+
 def test_placebo_moves_the_action_as_much_but_does_not_help():
     """Same update size, random direction: the action changes by a comparable amount,
     while only the real gradient raises the true return of the poor point-mass policy."""

@@ -1,0 +1,163 @@
+"""Does the adaptation pay off? Base vs MPCwDWM and its controls on trained runs (issue 13).
+
+For one dataset and base-agent kind, every seed ``k`` uses its own trained agent
+(``AGENTS/<name>/<agent>/seed<k>``, from ``benchmarks/train_agents.py``) and its own world
+model (``WORLD_MODELS/<name>/diffusion/seed<k>``, ``mpcdwm train-world-model``). Each method
+is evaluated with ``mpcdwm evaluate`` on the same episode seeds (``10000 k + i``), so every
+gain pairs episode by episode with the base. Methods (``--methods``):
+
+* ``base``: the pretrained policy (planner ``none``);
+* ``paper``: MPCwDWM with the paper's setting (``--mpc.preset paper``: plain gradient steps,
+  E=1, H=5, weights carried across an episode's real steps) at ``--num-rollouts`` M and step
+  size ``--lr``;
+* ``placebo``: ``paper`` with each update replaced by a random direction of the same size
+  (the control a gain must beat: same action change, no information from the model);
+* ``guarded``: ``paper`` plus the validated step (act adapted only when it beats the start
+  policy on fresh noise by more than the standard error) and the env's health rule as
+  imagined termination (where the env has one);
+* ``action-grad`` / ``dream-mpc``: the action-sequence gradient planner and its Dream-MPC
+  form, at their defaults.
+
+``--lr auto`` chooses the step size WITHOUT real returns (:func:`mpcdwm.mpc.select_step_size`:
+the largest of the paper's grid {5e-7, 5e-6, 5e-5, 5e-4} whose imagined improvement survives
+validation on 64 dataset states, per seed); the choice is written to ``step_size.json``.
+Runs resume: an eval.json with the same configuration and episodes is kept. Result files
+(eval.json, step_size.json, never checkpoints) are copied under ``--results`` and
+``mpcdwm report`` writes the table with paired gains and bootstrap 95% CIs there.
+
+    python benchmarks/bench_adaptation.py data/hopper-medium-v0 --agent iql --seeds 0 1 2 \\
+        --episodes 30 --methods base paper placebo guarded
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mpcdwm.agents import load_agent
+from mpcdwm.data import load_dataset
+from mpcdwm.envs import health_rule, make_env
+from mpcdwm.evaluate import EvaluateConfig, evaluate
+from mpcdwm.mpc import PAPER_LR_GRID, MPCConfig, resolve, select_step_size
+from mpcdwm.report import ReportConfig, report
+from mpcdwm.world import load_world_model
+
+CACHE = Path.home() / ".cache" / "mpcdwm" / "runs"
+RESULTS = Path(__file__).resolve().parent / "results" / "adaptation"
+METHODS = ("base", "paper", "placebo", "guarded", "action-grad", "dream-mpc")
+
+
+def method_config(method: str, paper: MPCConfig) -> tuple[str, MPCConfig]:
+    """(planner name, MPCConfig) of one method; ``paper`` is the resolved paper setting."""
+    if method == "base":
+        return "none", paper
+    if method == "paper":
+        return "mpc", paper
+    if method == "placebo":
+        return "mpc", dataclasses.replace(paper, update="placebo")
+    if method == "guarded":
+        return "mpc", dataclasses.replace(paper, validate=True, termination="rule")
+    if method in ("action-grad", "dream-mpc"):
+        return method, MPCConfig()
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def choose_step_size(agent_run: Path, wm_run: Path, dataset: str, cfg: MPCConfig, seed: int):
+    """The paper grid's largest step whose improvement survives validation (no real returns)."""
+    agent = load_agent(agent_run)
+    world = load_world_model(wm_run, env_id=agent.env_id)
+    env = make_env(agent.env_id)
+    health = health_rule(env)
+    env.close()
+    obs = load_dataset(dataset).observations
+    rng = np.random.default_rng(seed)
+    states = obs[rng.choice(len(obs), size=64, replace=False)]
+    chosen, rows = select_step_size(cfg, agent, world, states, PAPER_LR_GRID, seed, health)
+    return chosen, rows
+
+
+def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
+    if not eval_json.exists():
+        return False
+    data = json.loads(eval_json.read_text())
+    same_mpc = data.get("mpc") == json.loads(json.dumps(dataclasses.asdict(resolve(cfg.mpc))))
+    return same_mpc and data["config"]["episodes"] == cfg.episodes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("dataset", help="dataset folder, e.g. data/hopper-medium-v0")
+    p.add_argument("--agent", default="rebrac", choices=["rebrac", "iql", "td3bc"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS)
+    p.add_argument("--num-rollouts", type=int, default=64, help="M of paper/placebo/guarded")
+    p.add_argument("--lr", default="auto", help="step size, or 'auto' (no real returns)")
+    p.add_argument("--agents", type=Path, default=CACHE / "agents_d4rl")
+    p.add_argument("--world-models", type=Path, default=CACHE / "wm_d4rl")
+    p.add_argument("--out", type=Path, default=CACHE / "adaptation")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args()
+
+    name = Path(args.dataset).name.removesuffix("-v0")
+    for seed in args.seeds:
+        agent_run = args.agents / name / args.agent / f"seed{seed}"
+        wm_run = args.world_models / name / "diffusion" / f"seed{seed}"
+        run = args.out / name / args.agent / f"seed{seed}"
+        keep = args.results / name / args.agent / f"seed{seed}"
+        keep.mkdir(parents=True, exist_ok=True)
+        paper = resolve(MPCConfig(preset="paper", num_rollouts=args.num_rollouts))
+        if args.lr == "auto":
+            choice_file = keep / "step_size.json"
+            choice = json.loads(choice_file.read_text()) if choice_file.exists() else None
+            if choice is None or choice.get("num_rollouts") != args.num_rollouts:
+                t0 = time.perf_counter()
+                lr, rows = choose_step_size(agent_run, wm_run, args.dataset, paper, seed)
+                choice = {
+                    "lr": lr,
+                    "num_rollouts": args.num_rollouts,
+                    "grid": rows,
+                    "seconds": time.perf_counter() - t0,
+                }
+                choice_file.write_text(json.dumps(choice, indent=1))
+            # Nothing survives validation: the smallest step (the base policy, nearly).
+            lr = choice["lr"] if choice["lr"] is not None else min(PAPER_LR_GRID)
+            print(f"[adaptation] {name} seed {seed}: lr {lr:g} (chosen without real returns)")
+        else:
+            lr = float(args.lr)
+        paper = dataclasses.replace(paper, lr=lr)
+        for method in args.methods:
+            planner, mpc = method_config(method, paper)
+            cfg = EvaluateConfig(
+                agent=agent_run,
+                world_model=None if planner == "none" else wm_run,
+                planner=(planner,),
+                episodes=args.episodes,
+                seed=seed,
+                out=run / method,
+                mpc=mpc,
+                progress=args.progress,
+            )
+            t0 = time.perf_counter()
+            if not up_to_date(run / method / "eval.json", cfg):
+                evaluate(cfg)
+            (keep / method).mkdir(exist_ok=True)
+            shutil.copy(run / method / "eval.json", keep / method / "eval.json")
+            print(
+                f"[adaptation] {name} {args.agent} seed {seed} {method}: "
+                f"{(time.perf_counter() - t0) / 60:.1f} min, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    report(ReportConfig(runs=(args.results / name,), out=args.results / name / "report"))
+
+
+if __name__ == "__main__":
+    main()
