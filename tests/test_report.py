@@ -265,6 +265,35 @@ def test_missing_fields_of_older_files_take_their_defaults(tmp_path):
     assert sorted(summarize_files(a, b).labels.values()) == ["base", "mpc"]
 
 
+def test_reward_ensemble_of_older_files_and_diagnostics_only_fields(tmp_path):
+    """Files from before --mpc.reward-ensemble imagined with the ensemble mean: another method
+    than today's default; --mpc.diagnostics changes no action, so it splits nothing."""
+    old = run_eval(tmp_path, "old", seed=0)
+    data = json.loads(old.read_text())
+    del data["config"]["mpc"]["reward_ensemble"]
+    old.write_text(json.dumps(data))
+    new = run_eval(tmp_path, "new", seed=1)
+    labels = summarize_files(old, new).labels
+    assert sorted(labels.values()) == [
+        "base",
+        "mpc (reward_ensemble=False)",
+        "mpc (reward_ensemble=True)",
+    ]
+    a = run_eval(tmp_path, "a", seed=0, mpc=MPCConfig(diagnostics=True))
+    b = run_eval(tmp_path, "b", seed=1, mpc=MPCConfig(diagnostics=False))
+    assert sorted(summarize_files(a, b).labels.values()) == ["base", "mpc"]
+
+
+def test_diagnostics_table_averages_what_the_planner_did(tmp_path):
+    path = run_eval(tmp_path, "a", seed=0)
+    data = json.loads(path.read_text())
+    data["planners"]["mpc"]["diagnostics"].update(accepted=0.75)
+    data["planners"]["mpc"]["imagined_real_corr"] = [0.2, None, 0.6]
+    path.write_text(json.dumps(data))
+    (table,) = [t for t in build_tables(summarize_files(path)) if t.kind == "diagnostics"]
+    assert table.rows == (("mpc", "Δa 0.050 · adapted 0.75 · corr +0.40 (2 ep.)"),)
+
+
 # --------------------------------------------------------------------------- statistics
 
 

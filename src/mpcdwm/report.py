@@ -303,6 +303,10 @@ class Result:
     dataset_path: str | None = None
     """The dataset's folder or file (eval.json ``dataset_path``; None in older files): two
     different datasets may share an id, see :func:`distinguish_datasets`."""
+    diagnostics: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    """Per-decision diagnostics averaged over the run (eval.json ``diagnostics``)."""
+    imagined_real_corr: tuple[float, ...] = dataclasses.field(default=(), compare=False)
+    """Per episode: correlation of the imagined and the real return (NaN when undefined)."""
 
 
 def find_eval_files(paths: Iterable[Path]) -> list[Path]:
@@ -328,6 +332,14 @@ def _mpc_defaults() -> dict[str, Any]:
     from mpcdwm.mpc import MPCConfig
 
     return dataclasses.asdict(MPCConfig())
+
+
+LEGACY_MPC = {"reward_ensemble": True}
+"""MPCConfig fields added after files were written, with what those files ran: before the
+option existed, imagined rewards were the whole reward ensemble's mean."""
+NOT_METHOD = ("diagnostics", "unroll")
+"""MPCConfig fields that do not change what a planner does (extra diagnostics rollouts, how
+XLA compiles the horizon loop), so not part of a method's identity."""
 
 
 def _world_model_text(info: Mapping[str, Any] | None) -> str | None:
@@ -420,7 +432,8 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
     )
     # Fields added to MPCConfig after a file was written ran at their defaults then.
     # "mpc" (top level): the settings in effect, a preset applied; older files: the config's.
-    mpc = {**_mpc_defaults(), **(data.get("mpc") or config.get("mpc") or {})}
+    mpc = {**_mpc_defaults(), **LEGACY_MPC, **(data.get("mpc") or config.get("mpc") or {})}
+    mpc = {k: v for k, v in mpc.items() if k not in NOT_METHOD}
     results = []
     for name, res in planners.items():
         if not isinstance(res, dict) or "returns" not in res:
@@ -449,6 +462,10 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
                 agent_recorded=bool(agent),
                 trace=res.get("trace"),
                 dataset_path=dataset_path,
+                diagnostics=res.get("diagnostics") or {},
+                imagined_real_corr=tuple(
+                    math.nan if c is None else float(c) for c in res.get("imagined_real_corr", ())
+                ),
             )
         )
     return results
@@ -693,9 +710,9 @@ def _gain(
 @dataclasses.dataclass(frozen=True)
 class Table:
     """One table, rendered to markdown and to HTML from this single source. ``kind``: score,
-    return or gain."""
+    return, gain or diagnostics."""
 
-    kind: Literal["score", "return", "gain"]
+    kind: Literal["score", "return", "gain", "diagnostics"]
     title: str
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
@@ -811,7 +828,44 @@ def build_tables(summary: Summary) -> list[Table]:
                 "gain", "Paired gain over the base agent", tuple(header), tuple(rows), tuple(notes)
             )
         )
+        tables.append(diagnostics_table(summary, planners))
     return tables
+
+
+def diagnostics_table(summary: Summary, planners: Sequence[Method]) -> Table:
+    """What each planner did, per dataset (means over seeds' decisions): the action change
+    from the base policy, the share of decisions that acted adapted, and the mean per-episode
+    correlation of imagined and real return."""
+    header = ["method", *summary.datasets]
+    rows = []
+    for m in planners:
+        cells = [summary.labels[m]]
+        for d in summary.datasets:
+            runs = [r for r in summary.results if r.dataset == d and r.method == m]
+            if not runs:
+                cells.append("-")
+                continue
+
+            def mean(key: str, runs=runs) -> float:
+                vals = [r.diagnostics.get(key) for r in runs]
+                vals = [float(v) for v in vals if v is not None]
+                return float(np.mean(vals)) if vals else math.nan
+
+            corr = [c for r in runs for c in r.imagined_real_corr if math.isfinite(c)]
+            corr_text = f"{np.mean(corr):+.2f} ({len(corr)} ep.)" if corr else "-"
+            cells.append(
+                f"Δa {mean('action_change'):.3f} · adapted {mean('accepted'):.2f} · "
+                f"corr {corr_text}"
+            )
+        rows.append(tuple(cells))
+    notes = (
+        "Δa: mean norm of (action taken - base policy's action) per decision; adapted: share "
+        "of decisions that acted with the adapted policy (the validated step rejects some); "
+        "corr: mean over episodes of the Pearson correlation between the imagined return "
+        "before planning and the real discounted return-to-go (how well imagination tracks "
+        "reality along the episode).",
+    )
+    return Table("diagnostics", "What the planners did", tuple(header), tuple(rows), notes)
 
 
 def to_markdown(table: Table) -> str:
