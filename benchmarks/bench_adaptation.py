@@ -136,23 +136,25 @@ def main() -> None:
         paper = dataclasses.replace(paper, lr=lr)
         for method in args.methods:
             planner, mpc = method_config(method, paper)
+            # One folder per step size, so several can be compared on the same episodes.
+            folder = f"{method}-lr{lr:g}" if method in ("paper", "placebo", "guarded") else method
             cfg = EvaluateConfig(
                 agent=agent_run,
                 world_model=None if planner == "none" else wm_run,
                 planner=(planner,),
                 episodes=args.episodes,
                 seed=seed,
-                out=run / method,
+                out=run / folder,
                 mpc=mpc,
                 progress=args.progress,
             )
             t0 = time.perf_counter()
-            if not up_to_date(run / method / "eval.json", cfg):
+            if not up_to_date(run / folder / "eval.json", cfg):
                 evaluate(cfg)
-            (keep / method).mkdir(exist_ok=True)
-            shutil.copy(run / method / "eval.json", keep / method / "eval.json")
+            (keep / folder).mkdir(exist_ok=True)
+            shutil.copy(run / folder / "eval.json", keep / folder / "eval.json")
             print(
-                f"[adaptation] {name} {args.agent} seed {seed} {method}: "
+                f"[adaptation] {name} {args.agent} seed {seed} {folder}: "
                 f"{(time.perf_counter() - t0) / 60:.1f} min, load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )

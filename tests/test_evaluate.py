@@ -66,8 +66,10 @@ def test_eval_json_layout(cfg, result):
         "agent",
         "mpc",
         "world_model",
+        "validation_world_model",
         "planners",
     }
+    assert data["validation_world_model"] is None
     assert data["env_id"] == "InvertedPendulum-v5" and data["seed"] == 7
     assert data["dataset_path"].endswith("pendulum-noisy.hdf5")  # absolute: tells ids apart
     assert Path(data["dataset_path"]).is_absolute()
@@ -157,7 +159,28 @@ def test_error_cases(cfg, runs, tmp_path):
         evaluate(dataclasses.replace(cfg, planner=("none", "cem"), out=tmp_path))
     with pytest.raises(ValueError, match="episodes"):
         evaluate(dataclasses.replace(cfg, episodes=0, out=tmp_path))
+    with pytest.raises(ValueError, match="validate"):  # a judge without the validated step
+        evaluate(dataclasses.replace(cfg, validation_world_model=runs[1], out=tmp_path))
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_validation_world_model_is_recorded_and_labels_the_method(cfg, runs, tmp_path):
+    from mpcdwm.report import load_results
+
+    validated = dataclasses.replace(
+        cfg,
+        planner=("mpc",),
+        episodes=1,
+        max_steps=5,
+        mpc=dataclasses.replace(SMALL, validate=True),
+        validation_world_model=runs[1],
+        out=tmp_path,
+    )
+    data = json.loads(evaluate(validated).read_text())
+    assert data["validation_world_model"]["path"].endswith("checkpoint.ckpt")
+    assert len(data["planners"]["mpc"]["returns"]) == 1
+    (res,) = load_results(tmp_path / "eval.json")
+    assert res.method.knob_dict()["validated_by"] == "another world model"
 
 
 def test_agent_and_world_model_for_different_envs(cfg, tmp_path):

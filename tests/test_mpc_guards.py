@@ -102,6 +102,27 @@ def test_validated_step_acts_adapted_only_when_it_imagines_better():
     assert diag["accepted"] == 0.0 and np.allclose(a, a_base)
 
 
+def test_an_independent_world_model_can_veto_the_validated_step():
+    """The validated step judged by another world model: one that agrees accepts the
+    adaptation; one whose dynamics are reversed (the planning model's 'improvement' is an
+    error it does not share) rejects it, and the base action is taken."""
+    agent, world = _point()
+    s = np.asarray([1.0, 0.0], np.float32)
+    a_base, _ = make_planner("none", MPCConfig(), agent, world)(s)
+    cfg = MPCConfig(adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, validate=True)
+    agreeing = dataclasses.replace(world, params={"gain": jnp.asarray(1.1, jnp.float32)})
+    a, diag = make_planner("mpc", cfg, agent, world, validation_world=agreeing)(s)
+    assert diag["accepted"] == 1.0 and not np.allclose(a, a_base)
+    reversed_ = dataclasses.replace(world, params={"gain": jnp.asarray(-1.0, jnp.float32)})
+    a, diag = make_planner("mpc", cfg, agent, world, validation_world=reversed_)(s)
+    assert diag["accepted"] == 0.0 and np.allclose(a, a_base)
+    with pytest.raises(ValueError, match="validated step"):
+        make_planner("mpc", dataclasses.replace(cfg, validate=False), agent, world, 0, None, world)
+    other = dataclasses.replace(world, params={"gain": jnp.ones(3, jnp.float32)})
+    with pytest.raises(ValueError, match="network sizes"):
+        make_planner("mpc", cfg, agent, world, validation_world=other)
+
+
 def _random_states(env, n: int, rng: np.random.Generator):
     """Observations of states scattered across the healthy boundary, with the env's verdict."""
     u = env.unwrapped

@@ -56,6 +56,9 @@ class EvaluateConfig:
     """Run directory of a trained agent (``mpcdwm train-agent --out``)."""
     world_model: Path | None = None
     """Run directory of a trained world model (needed by every planner except none)."""
+    validation_world_model: Path | None = None
+    """With ``--mpc.validate``: an independently trained world model (same settings, another
+    seed) that judges the validated step instead of the planning model (mpc only)."""
     planner: tuple[str, ...] = ("none", "mpc")
     """Methods to evaluate: none (base policy), mpc (MPCwDWM), action-grad, mppi."""
     episodes: int = 10
@@ -183,6 +186,14 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 f"{world.env_id} (obs {world.obs_dim}, act {world.act_dim}); train both on "
                 "the same dataset."
             )
+    validation_world = None
+    if cfg.validation_world_model is not None:
+        if world is None or "mpc" not in cfg.planner or not cfg.mpc.validate:
+            raise ValueError(
+                "--validation-world-model judges the validated step: it needs --planner mpc, "
+                "--mpc.validate and --world-model."
+            )
+        validation_world = load_world_model(cfg.validation_world_model, env_id=agent.env_id)
     console = Console(stderr=True)
     agent_record = {
         "kind": agent.meta.get("agent"),
@@ -236,7 +247,15 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     )
     with progress:
         for name in cfg.planner:
-            planner = make_planner(name, cfg.mpc, agent, world, seed=cfg.seed, health=health)
+            planner = make_planner(
+                name,
+                cfg.mpc,
+                agent,
+                world,
+                seed=cfg.seed,
+                health=health,
+                validation_world=validation_world if name == "mpc" else None,
+            )
             task = progress.add_task(f"{name:>11}", total=cfg.episodes, info="compiling")
             trace: dict[str, list[float]] = {
                 "real_return": [],
@@ -326,6 +345,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         # The planner settings in effect (a --mpc.preset applied), which the report groups by.
         "mpc": _plain(mpc_cfg),
         "world_model": wm_info,
+        "validation_world_model": None
+        if validation_world is None
+        else checkpoint_record(cfg.validation_world_model, validation_world.meta),
         "planners": results,
     }
     cfg.out.mkdir(parents=True, exist_ok=True)

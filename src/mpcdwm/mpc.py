@@ -133,7 +133,9 @@ class MPCConfig:
     """mpc: before acting, score the adapted and the pretrained policy on fresh noise
     draws (M rollouts each, paired) and act adapted only if its imagined return is higher
     by more than the standard error of the paired difference; otherwise act as the
-    pretrained policy (and carry the start parameters on). Diagnostic ``accepted``."""
+    pretrained policy (and carry the start parameters on). Diagnostic ``accepted``. With a
+    validation world model (``make_planner(..., validation_world=)``, ``mpcdwm evaluate
+    --validation-world-model``), that independently trained model scores both policies."""
     termination: Literal["learned", "rule", "smooth-rule"] = "learned"
     """What ends an imagined episode: the world model's learned classifier, or the env's
     own health rule (Hopper, Walker2d, Ant: read from the Gymnasium env,
@@ -417,7 +419,11 @@ def make_imagine(
 
 
 def make_mpc_step(
-    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike,
+    health: HealthLike | None = None,
+    validation_world: WorldLike | None = None,
 ) -> Callable:
     """The MPCwDWM decision as one jitted function (see the module docstring).
 
@@ -430,6 +436,13 @@ def make_mpc_step(
     validate_config(cfg)
     low, high, _, half = _action_bounds(agent)
     imagine = make_imagine(cfg, agent, world, health)
+    # The validated step's judge: an independently trained world model when one is given
+    # (its own normalisation constants; its weights arrive as models["validation_world"]).
+    if validation_world is None:
+        judge_imagine, judge_key = imagine, "world"
+    else:
+        judge_imagine = make_imagine(cfg, agent, validation_world, health)
+        judge_key = "validation_world"
     tx = optax.adam(cfg.lr) if cfg.optimizer == "adam" else optax.sgd(cfg.lr)
     if cfg.max_grad_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
@@ -508,9 +521,12 @@ def make_mpc_step(
             # imagined gain exceeds the standard error of that gain.
             fresh = jax.random.normal(k_valid, noise.shape, obs.dtype)
             start = lambda s: agent.act(psi_start, s)  # noqa: E731
+            # An independently trained world model, when given, judges instead: errors the
+            # adaptation exploited in one model rarely repeat in another.
+            judge = {**models, "world": models[judge_key]}
             gain = (
-                imagine(pi, models, obs, fresh, None, terminal)[0]
-                - imagine(start, models, obs, fresh, None, terminal)[0]
+                judge_imagine(pi, judge, obs, fresh, None, terminal)[0]
+                - judge_imagine(start, judge, obs, fresh, None, terminal)[0]
             )
             stderr = jnp.std(gain, ddof=1) / jnp.sqrt(M) if M > 1 else jnp.zeros(())
             accepted = ok & (gain.mean() > stderr)
@@ -779,9 +795,11 @@ def make_step(
     agent: AgentLike,
     world: WorldLike | None,
     health: HealthLike | None = None,
+    validation_world: WorldLike | None = None,
 ) -> Callable:
     """The jitted decision function of planner ``name`` (see the module docstring);
-    ``health``: the env's health rule for ``cfg.termination`` (rule / smooth-rule)."""
+    ``health``: the env's health rule for ``cfg.termination`` (rule / smooth-rule);
+    ``validation_world``: the validated mpc step's judge (:func:`check_validation_world`)."""
     if name not in STEP_FACTORIES:
         raise ValueError(f"unknown planner {name!r}; choose from {list(PLANNERS)}.")
     if name != "none" and world is None:
@@ -789,6 +807,8 @@ def make_step(
             f"planner {name!r} needs a world model; pass --world-model DIR "
             "(train one with `mpcdwm train-world-model`) or use --planner none."
         )
+    if validation_world is not None:
+        return make_mpc_step(resolve(cfg), agent, world, health, validation_world)
     return STEP_FACTORIES[name](resolve(cfg), agent, world, health)
 
 
@@ -810,14 +830,17 @@ class Planner:
         world: WorldLike | None,
         seed: int = 0,
         health: HealthLike | None = None,
+        validation_world: WorldLike | None = None,
     ) -> None:
         cfg = resolve(cfg)
         self.name, self.cfg, self.agent, self.seed = name, cfg, agent, seed
-        step = make_step(name, cfg, agent, world, health)
+        check_validation_world(cfg, name, world, validation_world)
+        step = make_step(name, cfg, agent, world, health, validation_world)
         self.psi0 = agent.actor_params
         self.models = {
             "world": None if world is None else world.params,
             "critic": agent.critic_params,
+            "validation_world": None if validation_world is None else validation_world.params,
         }
         warm = cfg.warm_start and name == "mpc"
 
@@ -873,6 +896,7 @@ def select_step_size(
     grid: tuple[float, ...] = PAPER_LR_GRID,
     seed: int = 0,
     health: HealthLike | None = None,
+    validation_world: WorldLike | None = None,
 ) -> tuple[float | None, list[dict[str, float]]]:
     """Choose the adaptation step size without real returns (beyond the paper).
 
@@ -889,7 +913,7 @@ def select_step_size(
     rows, chosen = [], None
     for lr in sorted(grid):
         trial = dataclasses.replace(resolve(cfg), lr=float(lr), validate=True, warm_start=False)
-        planner = Planner("mpc", trial, agent, world, seed, health)
+        planner = Planner("mpc", trial, agent, world, seed, health, validation_world)
         diags = []
         for i, obs in enumerate(states):
             planner.reset(i)
@@ -906,6 +930,30 @@ def select_step_size(
     return chosen, rows
 
 
+def check_validation_world(
+    cfg: MPCConfig, name: str, world: WorldLike | None, validation_world: WorldLike | None
+) -> None:
+    """A validation world model must be a model of the same kind and sizes as ``world``
+    (trained with another seed), and only the validated mpc step uses it."""
+    if validation_world is None:
+        return
+    if name != "mpc" or not cfg.validate:
+        raise ValueError(
+            "a validation world model is used only by the validated step: planner mpc with "
+            "--mpc.validate."
+        )
+    if world is None:
+        raise ValueError("a validation world model needs the planning world model too.")
+    shapes = [jax.tree_util.tree_map(jnp.shape, w.params) for w in (world, validation_world)]
+    kinds = [getattr(w, "kind", None) for w in (world, validation_world)]
+    if kinds[0] != kinds[1] or shapes[0] != shapes[1]:
+        raise ValueError(
+            f"the validation world model ({kinds[1]}) differs from the planning one "
+            f"({kinds[0]}) in kind or network sizes; train it with the same settings and "
+            "another --seed."
+        )
+
+
 def make_planner(
     name: str,
     cfg: MPCConfig,
@@ -913,6 +961,8 @@ def make_planner(
     world: WorldLike | None,
     seed: int = 0,
     health: HealthLike | None = None,
+    validation_world: WorldLike | None = None,
 ) -> Planner:
-    """Build the :class:`Planner` (a Decider with ``reset``) for ``name``."""
-    return Planner(name, cfg, agent, world, seed, health)
+    """Build the :class:`Planner` (a Decider with ``reset``) for ``name``; ``validation_world``:
+    an independently trained world model that judges the validated step (``cfg.validate``)."""
+    return Planner(name, cfg, agent, world, seed, health, validation_world)

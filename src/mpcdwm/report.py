@@ -442,6 +442,8 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
         if name != BASE:
             knobs["world_model"] = _world_model_text(data.get("world_model") or res.get("config"))
             knobs.update({f"mpc.{k}": v for k, v in mpc.items()})
+            if name == "mpc" and data.get("validation_world_model"):
+                knobs["validated_by"] = "another world model"
         returns = np.asarray(res["returns"], np.float64)
         try:
             scores, reason = _scores(data, res, returns)
