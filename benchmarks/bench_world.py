@@ -1,5 +1,6 @@
 """World-model benchmark: training speed, sampler speed (forward and forward+backward), the
-cost of an MPC-shaped decision, and the quality table diffusion vs flow vs MLP on one split.
+cost of an MPC-shaped decision, and the quality table diffusion vs flow vs MeanFlow vs MLP on one
+split.
 
 Speed sections use Hopper's sizes (obs 11, act 3) and the default networks (3x256
 denoiser, 5 x 2x256 reward ensemble, 2x256 termination); speed does not depend on
@@ -10,14 +11,16 @@ the weights, so they are untrained.
 * sampling: ``next_state`` samples/s (jit(vmap), batch 1024) and forward+backward
   time per transition (gradient of the summed next states w.r.t. (s, a), batch 16
   = one MPC horizon step of M=16 rollouts, and batch 256), for diffusion with
-  denoise_steps = 1, 2, 5, 10, 20 and flow matching with 1-4 Euler / midpoint steps.
+  denoise_steps = 1, 2, 5, 10, 20, flow matching with 1-4 Euler / midpoint steps and
+  MeanFlow with 1-2 steps.
 * decision: one jitted MPCwDWM-shaped decision (E gradient steps on a 2x256 tanh
   policy through M rollouts of H steps: next_state + reward + done_prob each step,
   discounted; no critic) in ms, default E=5, M=16, H=5 — the 10 ms target.
 * quality: each model trained with ``train_world_model`` on the same episode split
   of a Hopper dataset (``--dataset``; default ``mpcdwm/hopper-medium-v0`` when it is
   installed, else random-policy Hopper-v5 data collected here), reported by
-  ``world_model_quality`` on the held-out episodes.
+  ``world_model_quality`` on the held-out episodes, with each sampler's network calls and
+  next_state forward+backward cost (trained weights) beside it.
 
     python benchmarks/bench_world.py                       # everything
     python benchmarks/bench_world.py --skip-quality        # speed only (~2 min)
@@ -97,8 +100,33 @@ def variants() -> list[tuple[str, TrainWorldModelConfig]]:
         )
         for n in (1, 2)
     ]
+    out += [
+        (f"meanflow {n}", dataclasses.replace(base, model="meanflow", flow_steps=n)) for n in (1, 2)
+    ]
     out.append(("mlp", dataclasses.replace(base, model="mlp")))
     return out
+
+
+def net_calls(cfg: TrainWorldModelConfig) -> int:
+    """Network evaluations per ``next_state`` of a (resolved) config."""
+    if cfg.model == "diffusion":
+        return cfg.denoise_steps
+    if cfg.model == "flow":
+        return cfg.flow_steps * (2 if cfg.flow_solver == "midpoint" else 1)
+    if cfg.model == "meanflow":
+        return cfg.flow_steps
+    return 1
+
+
+def grad_us_per_transition(wm: WorldModel, batch: int, repeats: int) -> float:
+    """Median forward+backward time of next_state per transition (µs), gradient w.r.t. (s, a)."""
+    step = jax.vmap(lambda s, a, z: wm.next_state(wm.params, s, a, z))
+    grad = jax.jit(jax.grad(lambda s, a, z: step(s, a, z).sum(), argnums=(0, 1)))
+    key = jax.random.key(batch)
+    s = jax.random.normal(key, (batch, OBS_DIM))
+    a = jnp.tanh(jax.random.normal(jax.random.fold_in(key, 1), (batch, ACT_DIM)))
+    z = wm.sample_noise(jax.random.fold_in(key, 2), (batch,))
+    return 1e6 * _median_time(grad, s, a, z, repeats=repeats) / batch
 
 
 def bench_training(chunk: int, repeats: int) -> list[str]:
@@ -118,6 +146,7 @@ def bench_training(chunk: int, repeats: int) -> list[str]:
         ("diffusion K=5", base),
         ("diffusion K=20", dataclasses.replace(base, denoise_steps=20)),
         ("flow", dataclasses.replace(base, model="flow")),
+        ("meanflow", dataclasses.replace(base, model="meanflow")),
         ("mlp", dataclasses.replace(base, model="mlp")),
     ):
         init_state, update = make_update(cfg, OBS_DIM, 0.0)
@@ -146,13 +175,7 @@ def bench_sampling(repeats: int) -> list[str]:
     ]
     for name, cfg in variants():
         wm = _untrained(cfg)
-        calls = (
-            cfg.denoise_steps
-            if cfg.model == "diffusion"
-            else cfg.flow_steps * (2 if cfg.flow_solver == "midpoint" else 1)
-            if cfg.model == "flow"
-            else 1
-        )
+        calls = net_calls(wm.config)
         step = jax.vmap(lambda s, a, z, wm=wm: wm.next_state(wm.params, s, a, z))
         fwd = jax.jit(step)
         grad = jax.jit(jax.grad(lambda s, a, z, step=step: step(s, a, z).sum(), argnums=(0, 1)))
@@ -277,9 +300,10 @@ def bench_quality(args) -> list[str]:
         "diffusion": base,
         "diffusion-x0": dataclasses.replace(base, prediction="x0"),
         "flow": dataclasses.replace(base, model="flow"),
+        "meanflow": dataclasses.replace(base, model="meanflow"),
         "mlp": dataclasses.replace(base, model="mlp"),
     }
-    results, timings = {}, []
+    results, timings, samplers = {}, [], {}
     out_root = Path(args.out or tempfile.mkdtemp(prefix="bench_world_"))
     key = jax.random.split(jax.random.key(args.seed), 4)[3]
     for name in args.models:
@@ -288,22 +312,35 @@ def bench_quality(args) -> list[str]:
         train_world_model(cfg, dataset)
         timings.append(f"{name}: {args.train_steps} steps in {time.perf_counter() - t0:.0f} s")
         wm = load_world_model(cfg.out)
-        results[f"{name} (K=5 DDPM)" if name.startswith("diffusion") else name] = json.loads(
-            (cfg.out / "quality.json").read_text()
-        )
+        label = {"flow": "flow (2 euler)", "meanflow": "meanflow (1 step)"}.get(name, name)
+        if name.startswith("diffusion"):
+            label = f"{name} (K=5 DDPM)"
+        results[label] = json.loads((cfg.out / "quality.json").read_text())
+        samplers[label] = wm
         # Same trained weights, other samplers: no retraining needed.
         kw = dict(max_transitions=10_000, num_windows=256)
+        others = {}
         if name.startswith("diffusion"):
-            results[f"{name} (K=5 DDIM)"] = world_model_quality(
-                wm.with_sampler(sampler="ddim"), val, key, **kw
-            )
+            others[f"{name} (K=5 DDIM)"] = wm.with_sampler(sampler="ddim")
         if name == "flow":
-            results["flow (2 euler)"] = results.pop("flow")
             for n, solver in ((1, "euler"), (4, "euler"), (2, "midpoint")):
-                results[f"flow ({n} {solver})"] = world_model_quality(
-                    wm.with_sampler(flow_steps=n, flow_solver=solver), val, key, **kw
-                )
-    return [quality_markdown(results), "", *timings]
+                others[f"flow ({n} {solver})"] = wm.with_sampler(flow_steps=n, flow_solver=solver)
+        if name == "meanflow":
+            others["meanflow (2 steps)"] = wm.with_sampler(flow_steps=2)
+        for label, other in others.items():
+            results[label] = world_model_quality(other, val, key, **kw)
+            samplers[label] = other
+    # The cost each sampler adds to a planner: network calls and next_state fwd+bwd time
+    # (batch 16 = one horizon step of M=16 rollouts; batch 256), trained weights.
+    cost = [
+        "| sampler | net calls | next_state fwd+bwd µs/transition (batch 16 / 256) |",
+        "|---|---:|---:|",
+    ]
+    for label, wm in samplers.items():
+        us = [grad_us_per_transition(wm, b, args.repeats) for b in (16, 256)]
+        cost.append(f"| {label} | {net_calls(wm.config)} | {us[0]:.1f} / {us[1]:.1f} |")
+        print(cost[-1], flush=True)
+    return [quality_markdown(results), "", *cost, "", *timings]
 
 
 def main() -> None:
@@ -318,7 +355,9 @@ def main() -> None:
     p.add_argument("--dataset", default=None, help="dataset id/path for the quality table")
     p.add_argument("--random-steps", type=int, default=30_000)
     p.add_argument("--train-steps", type=int, default=20_000)
-    p.add_argument("--models", nargs="+", default=["diffusion", "diffusion-x0", "flow", "mlp"])
+    p.add_argument(
+        "--models", nargs="+", default=["diffusion", "diffusion-x0", "flow", "meanflow", "mlp"]
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for the trained models (default: temp)")
     p.add_argument("--progress", action="store_true")

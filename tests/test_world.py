@@ -14,12 +14,16 @@ import pytest
 
 from mpcdwm.checkpoint import CheckpointError
 from mpcdwm.data import Dataset, load_dataset, make_dataset
+from mpcdwm.nets import MLP
 from mpcdwm.world import (
+    ACTIVATIONS,
     TrainWorldModelConfig,
     WorldModel,
     init_params,
     load_world_model,
     make_world_model,
+    meanflow_loss,
+    meanflow_time_features,
     train_world_model,
 )
 from mpcdwm.world_quality import world_model_quality
@@ -61,6 +65,7 @@ SAMPLERS = {
     "ddpm-x0": lambda dt: _tiny("diffusion", dt, sampler="ddpm", prediction="x0"),
     "flow-euler": lambda dt: _tiny("flow", dt, flow_steps=3),
     "flow-midpoint": lambda dt: _tiny("flow", dt, flow_steps=2, flow_solver="midpoint"),
+    "meanflow-2": lambda dt: _tiny("meanflow", dt, flow_steps=2),
     "mlp-gaussian": lambda dt: _tiny("mlp", dt, mlp_gaussian=True),
 }
 
@@ -125,7 +130,7 @@ def test_noise_semantics_fixed_identical_different_differs():
     assert np.abs(step_ddim(z1) - step_ddim(z2)).max() > 1e-3
 
 
-@pytest.mark.parametrize("model", ["diffusion", "flow", "mlp"])
+@pytest.mark.parametrize("model", ["diffusion", "flow", "meanflow", "mlp"])
 def test_shapes_jit_vmap_and_batch_axes(model):
     wm = _tiny(model)
     assert wm.kind == model and wm.obs_dim == OBS and wm.act_dim == ACT
@@ -156,6 +161,45 @@ def test_shapes_jit_vmap_and_batch_axes(model):
         np.testing.assert_allclose(out_vmap[j], out_batch[j], rtol=1e-5, atol=1e-5)
     assert np.all(out_vmap[2] >= 0) and np.all((out_vmap[3] >= 0) & (out_vmap[3] <= 1))
     assert np.all(np.isfinite(out_vmap[0]))
+
+
+def test_meanflow_identity_one_step_sampler_and_settings():
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.key(0), 3)
+        x1 = jax.random.normal(k[0], (512, OBS))
+        eps = jax.random.normal(k[1], (512, OBS))
+        # With one data point per row the path from x_t runs straight to x1 (t = 0 noise,
+        # 1 data), so its average velocity over any [t, r] is (x1 - x_t) / (1 - t): it
+        # satisfies this convention's identity u = v + (r - t) du/dt exactly (a wrong
+        # tangent sign or time direction gives du/dt != 0, hence a loss) ...
+        exact = lambda x, t, r: (x1 - x) / (1.0 - t)  # noqa: E731
+        assert meanflow_loss(exact, x1, eps, k[2]) < 1e-9
+        # ... and a field that is right at r = t but not over intervals does not.
+        off = lambda x, t, r: exact(x, t, r) * (1.0 + (r - t))  # noqa: E731
+        assert meanflow_loss(off, x1, eps, k[2]) > 0.05
+
+    # One network call by default: s' = s + (x0 + u(x0, t=0, r=1)) * sd + mu.
+    wm = _tiny("meanflow")
+    assert wm.config.flow_steps == 1 and wm.noise_shape == (OBS,)
+    assert TrainWorldModelConfig(model="meanflow").flow_steps is None  # resolved per model
+    s, a = jnp.array([0.3, -1.2, 0.7]), jnp.array([0.2, -0.5])
+    x0 = wm.sample_noise(jax.random.key(4))
+    c = wm.consts
+    net = MLP(wm.config.hidden_dims, OBS, activation=ACTIVATIONS[wm.config.activation])
+    inp = jnp.concatenate(
+        [
+            x0,
+            (s - c["obs_mean"]) / c["obs_std"],
+            a,
+            meanflow_time_features(jnp.zeros(()), jnp.ones(()), wm.config.time_embed_dim),
+        ]
+    )
+    by_hand = s + (x0 + net.apply(wm.params["transition"], inp)) * c["delta_std"] + c["delta_mean"]
+    np.testing.assert_allclose(wm.next_state(wm.params, s, a, x0), by_hand, rtol=1e-5, atol=1e-5)
+    two = wm.with_sampler(flow_steps=2)
+    assert np.abs(two.next_state(two.params, s, a, x0) - by_hand).max() > 1e-3
+    with pytest.raises(ValueError, match="flow-solver"):
+        wm.with_sampler(flow_solver="midpoint")
 
 
 def test_bad_shapes_raise_clear_errors():
@@ -244,6 +288,18 @@ def test_trained_diffusion_beats_no_change_on_held_out_hopper(trained):
     # Reward explains most of its variance; falls are detected on balance.
     assert q["reward_nmse"] < 0.5, q
     assert q["terminals"] > 0 and q["termination_balanced_accuracy"] > 0.7, q
+
+
+def test_trained_meanflow_beats_no_change_on_held_out_hopper(hopper_file, tmp_path):
+    """One-step MeanFlow (one network call per transition) learns real dynamics too."""
+    import json
+
+    train = {**TRAIN, "steps": 2000, "quality_transitions": 1000, "quality_windows": 32}
+    cfg = TrainWorldModelConfig(dataset=hopper_file, model="meanflow", out=tmp_path, **train)
+    q = json.loads((train_world_model(cfg) / "quality.json").read_text())
+    assert q["model"] == "meanflow" and q["split"] == "validation"
+    assert q["one_step_mse"] < 0.3 * q["no_change_mse"], q
+    assert q["open_loop_mse"]["10"] < 0.3 * q["open_loop_no_change_mse"]["10"], q
 
 
 def test_checkpoint_round_trip_and_env_check(trained, hopper_file, tmp_path):

@@ -61,8 +61,8 @@ class AgentStage:
 class WorldModelStage:
     """The world model of a run (flags ``--world-model.*``; ``mpcdwm train-world-model``)."""
 
-    kind: Literal["diffusion", "flow", "mlp"] = "diffusion"
-    """Transition model: conditional diffusion, flow matching, or plain MLP."""
+    kind: Literal["diffusion", "flow", "meanflow", "mlp"] = "diffusion"
+    """Transition model: conditional diffusion, flow matching, MeanFlow, or plain MLP."""
     steps: int = 50_000
     """Gradient steps for the world model."""
     denoise_steps: int = 5

@@ -1,4 +1,5 @@
-"""Differentiable world models: transition (diffusion / flow matching / MLP), reward, termination.
+"""Differentiable world models: transition (diffusion / flow matching / MeanFlow / MLP), reward,
+termination.
 
 This module owns the "DWM" of MPCwDWM: everything from training the world model
 on an offline :class:`~mpcdwm.data.Dataset` to the pure functions the planner
@@ -18,6 +19,10 @@ given ``c = ((s - mu_s) / sd_s, a)``:
 * ``flow``: conditional flow matching on the linear path ``x_t = (1-t) x_0 + t x_1``
   (``x_0`` noise, ``x_1`` data), sampled with 1-4 Euler or midpoint steps;
   ``noise_shape = (obs_dim,)`` is ``x_0``.
+* ``meanflow``: MeanFlow (Geng et al., 2025) on the same path: the network learns the
+  *average* velocity ``u(x_t, t, r)`` over ``[t, r]`` (``x_r = x_t + (r - t) u``), so one
+  network call maps noise to a sample, ``x_1 = x_0 + u(x_0, 0, 1)`` (``flow_steps``
+  defaults to 1; more steps split ``[0, 1]`` evenly). ``noise_shape = (obs_dim,)``.
 * ``mlp``: a deterministic MLP (``noise`` ignored), or with ``mlp_gaussian`` a
   Gaussian whose sample is ``mean + std * noise``: the reference point.
 
@@ -70,6 +75,25 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 # frequencies (1 .. 1e-4 rad per unit) resolve both 5 and 1000 steps.
 TIME_SCALE = 1000.0
 
+# MeanFlow training (Geng et al. 2025, Sec. 4 and Tab. 1). Their ablation's best ratio of
+# r != t pairs is 25%: the other 75% have r = t, where the target is the plain flow-matching
+# velocity, so the network also learns the instantaneous field (0% r != t is flow matching
+# and fails at one step; 100% is worse than 25%).
+MEANFLOW_UNEQUAL_FRACTION = 0.25
+# Their adaptive loss weight sg(1 / (||u - u_tgt||^2 + c)^p), c = 1e-3. Their best p = 1 (for
+# FID) cost ~40% in one-step MSE on hopper-medium (3k updates); p = 0 (plain MSE) matched
+# p = 0.5 there, but diverged where the JVP target was wild (time scale 1000, below), and
+# p = 0.5 (a pseudo-Huber loss) keeps some of that robustness.
+MEANFLOW_WEIGHT_POWER = 0.5
+MEANFLOW_WEIGHT_EPS = 1e-3
+# MeanFlow's time embeddings use a far smaller scale than TIME_SCALE: the target contains
+# d/dt of the network, and sin(1000 t)-features make it huge and noisy (one-step MSE 0.034 at
+# 1000 vs 0.0055 at 1-10 on hopper-medium, 3k updates; flow matching 0.0054). Highest
+# frequency 3 rad per unit time: smooth in t, still resolving the few steps a sampler uses.
+MEANFLOW_TIME_SCALE = 3.0
+# Default sampler steps when ``flow_steps`` is left unset.
+DEFAULT_FLOW_STEPS = {"flow": 2, "meanflow": 1}
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainWorldModelConfig:
@@ -77,8 +101,8 @@ class TrainWorldModelConfig:
 
     dataset: str = "mpcdwm/hopper-medium-v0"
     """Minari dataset id, Minari dataset folder, or D4RL .hdf5 path."""
-    model: Literal["diffusion", "flow", "mlp"] = "diffusion"
-    """Transition model: conditional diffusion, flow matching, or plain MLP."""
+    model: Literal["diffusion", "flow", "meanflow", "mlp"] = "diffusion"
+    """Transition model: conditional diffusion, flow matching, one-step MeanFlow, or plain MLP."""
     steps: int = 50_000
     """Gradient steps (all three models are updated at every step)."""
     out: Path = Path("runs/world_model")
@@ -97,16 +121,17 @@ class TrainWorldModelConfig:
     """Reverse process: DDPM (uses all supplied noise) or deterministic DDIM (only x_K)."""
     clip_denoised: float = 10.0
     """Clip the denoised estimate to +-this (normalised units) in sampling; 0 = no clip."""
-    flow_steps: int = 2
-    """Integration steps of the flow-matching sampler (1-4 is the point)."""
+    flow_steps: int | None = None
+    """Sampler steps of flow matching (default 2; 1-4 is the point) and MeanFlow (default 1)."""
     flow_solver: Literal["euler", "midpoint"] = "euler"
-    """ODE solver of the flow-matching sampler (midpoint costs 2 network calls per step)."""
+    """ODE solver of the flow-matching sampler (midpoint costs 2 network calls per step;
+    MeanFlow steps are exact jumps, euler only)."""
     mlp_gaussian: bool = False
     """For model=mlp: predict mean and std and sample mean + std * noise (else deterministic)."""
     hidden_dims: tuple[int, ...] = (256, 256, 256)
     """Hidden widths of the denoiser / velocity / MLP transition network."""
     time_embed_dim: int = 32
-    """Size of the sinusoidal time embedding fed to the denoiser."""
+    """Size of the sinusoidal time embedding fed to the denoiser (MeanFlow: one per time)."""
     activation: Literal["silu", "relu", "mish"] = "silu"
     """Hidden activation of every network (smooth ones give smoother planner gradients)."""
     reward_hidden_dims: tuple[int, ...] = (256, 256)
@@ -179,7 +204,40 @@ def _networks(cfg: TrainWorldModelConfig, obs_dim: int) -> dict[str, nn.Module]:
 
 def _transition_in_dim(cfg: TrainWorldModelConfig, obs_dim: int, act_dim: int) -> int:
     cond = obs_dim + act_dim
-    return cond if cfg.model == "mlp" else obs_dim + cond + cfg.time_embed_dim
+    if cfg.model == "mlp":
+        return cond
+    # MeanFlow conditions on two times: t and the interval length r - t.
+    times = 2 if cfg.model == "meanflow" else 1
+    return obs_dim + cond + times * cfg.time_embed_dim
+
+
+def flow_steps(cfg: TrainWorldModelConfig) -> int:
+    """Sampler steps of a flow / MeanFlow config: ``cfg.flow_steps``, or the model's default."""
+    if cfg.flow_steps is not None:
+        return cfg.flow_steps
+    return DEFAULT_FLOW_STEPS.get(cfg.model, DEFAULT_FLOW_STEPS["flow"])
+
+
+def _resolved(cfg: TrainWorldModelConfig) -> TrainWorldModelConfig:
+    # ``flow_steps=None`` made explicit: what a stored config and a WorldModel carry.
+    return dataclasses.replace(cfg, flow_steps=flow_steps(cfg))
+
+
+def meanflow_time_features(t: jax.Array, r: jax.Array, dim: int) -> jax.Array:
+    """MeanFlow's time input ``(..., 2 * dim)``: embeddings of ``t`` and of ``r - t``.
+
+    ``t, r`` of shape ``(...)``, ``0 <= t <= r <= 1`` (t = 0 noise, 1 data). Embedding the
+    interval length rather than ``r`` makes ``r = t`` (the instantaneous velocity) one fixed
+    input, and it is the pair the MeanFlow paper found best. Scaled by
+    :data:`MEANFLOW_TIME_SCALE`, not ``TIME_SCALE``: the loss differentiates through them.
+    """
+    return jnp.concatenate(
+        [
+            sinusoidal_embedding(t * MEANFLOW_TIME_SCALE, dim),
+            sinusoidal_embedding((r - t) * MEANFLOW_TIME_SCALE, dim),
+        ],
+        axis=-1,
+    )
 
 
 def init_params(cfg: TrainWorldModelConfig, obs_dim: int, act_dim: int, key: jax.Array) -> Params:
@@ -255,8 +313,23 @@ def _sampler_constants(cfg: TrainWorldModelConfig) -> dict[str, np.ndarray]:
             "train_sqrt_ab": np.sqrt(ab),
             "train_sqrt_1m_ab": np.sqrt(1.0 - ab),
         }
+    if cfg.model == "meanflow":
+        n = flow_steps(cfg)
+        if n < 1:
+            raise ValueError(f"flow_steps must be >= 1, got {n}")
+        if cfg.flow_solver != "euler":
+            raise ValueError(
+                "model=meanflow takes no --flow-solver: each step is an exact jump "
+                "x_r = x_t + (r - t) u(x_t, t, r) (use euler, the default)"
+            )
+        # Step k jumps over [k/n, (k+1)/n]: times t_k and the interval 1/n.
+        t0 = np.arange(n, dtype=np.float64) / n
+        feats = meanflow_time_features(
+            jnp.asarray(t0), jnp.asarray(t0 + 1.0 / n), cfg.time_embed_dim
+        )
+        return {"emb": np.asarray(feats, np.float64)}
     if cfg.model == "flow":
-        n = cfg.flow_steps
+        n = flow_steps(cfg)
         if n < 1:
             raise ValueError(f"flow_steps must be >= 1, got {n}")
         t0 = np.arange(n, dtype=np.float64) / n
@@ -317,7 +390,8 @@ class WorldModel:
         net = _networks(self.config, self.obs_dim)["transition"]
         if self.kind == "diffusion":
             x = _reverse_diffusion(net, params["transition"], self.config, c, cond, noise)
-        elif self.kind == "flow":
+        elif self.kind in ("flow", "meanflow"):
+            # MeanFlow: the same scan, each step x += (1/n) u(x, t_k, t_k + 1/n).
             x = _integrate_flow(net, params["transition"], self.config, c, cond, noise)
         else:
             out = net.apply(params["transition"], cond)
@@ -392,8 +466,8 @@ class WorldModel:
     ) -> WorldModel:
         """The same trained model with another sampler (DDPM<->DDIM, flow steps/solver).
 
-        The diffusion step count is fixed by training; flow models are trained
-        in continuous time, so any ``flow_steps`` works.
+        The diffusion step count is fixed by training; flow and MeanFlow models are
+        trained in continuous time, so any ``flow_steps`` works.
         """
         changes = {
             k: v
@@ -405,7 +479,7 @@ class WorldModel:
             ).items()
             if v is not None
         }
-        cfg = dataclasses.replace(self.config, **changes)
+        cfg = _resolved(dataclasses.replace(self.config, **changes))
         consts = {**self.consts, **_as_consts(_sampler_constants(cfg))}
         return dataclasses.replace(
             self, config=cfg, consts=consts, noise_shape=_noise_shape(cfg, self.obs_dim)
@@ -474,9 +548,13 @@ def _reverse_diffusion(
 def _integrate_flow(
     net: nn.Module, p: Params, cfg: TrainWorldModelConfig, c: dict, cond: jax.Array, x: jax.Array
 ) -> jax.Array:
-    """Integrate the learned velocity from t = 0 (noise) to t = 1 with ``flow_steps`` steps."""
+    """Integrate the learned velocity from t = 0 (noise) to t = 1 with ``flow_steps`` steps.
+
+    ``c["emb"] (steps, E)``: the time input of each step (MeanFlow's holds both of its
+    times, and its "velocity" is the average one, so the Euler step is exact).
+    """
     batch = cond.shape[:-1]
-    dt = 1.0 / cfg.flow_steps
+    dt = 1.0 / flow_steps(cfg)
 
     def velocity(x, emb):
         emb = jnp.broadcast_to(emb, (*batch, emb.shape[-1]))
@@ -488,7 +566,8 @@ def _integrate_flow(
             v = velocity(x + 0.5 * dt * v, inp["emb_mid"])
         return x + dt * v, None
 
-    x, _ = jax.lax.scan(step, x, {"emb": c["emb"], "emb_mid": c["emb_mid"]}, unroll=True)
+    xs = {"emb": c["emb"], "emb_mid": c.get("emb_mid", c["emb"])}  # meanflow: no midpoint
+    x, _ = jax.lax.scan(step, x, xs, unroll=True)
     return x
 
 
@@ -513,6 +592,7 @@ def make_world_model(
     ``reward_mean, reward_std, logit_offset`` (scalars), e.g. from
     :func:`normalisation`.
     """
+    cfg = _resolved(cfg)
     consts = _as_consts({**norm, **_sampler_constants(cfg)})
     return WorldModel(
         params=params,
@@ -563,6 +643,52 @@ def training_arrays(dataset: Dataset, norm: dict[str, Any]) -> dict[str, np.ndar
     return {k: np.asarray(v, np.float32) for k, v in arrays.items()}
 
 
+def meanflow_loss(
+    average_velocity: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+    x1: jax.Array,
+    eps: jax.Array,
+    key: jax.Array,
+) -> jax.Array:
+    """MeanFlow loss (scalar) of ``average_velocity(x (n, d), t (n, 1), r (n, 1)) -> (n, d)``
+    (the network, conditions bound in) on data ``x1 (n, d)`` with noise ``eps (n, d)``.
+
+    The paper runs time from data (0) to noise (1) with ``z = (1-t) x + t eps``; here, as
+    in ``flow``, t = 0 is noise and t = 1 data: ``x_t = (1-t) eps + t x1``, velocity
+    ``v = dx_t/dt = x1 - eps``. Sampling moves *up* in time, so the average velocity is
+    conditioned on the point at the earlier (noisier) time ``t`` and the target time
+    ``r >= t``:
+
+        u(x_t, t, r) = 1/(r - t) * integral_t^r v(x_s, s) ds,    x_r = x_t + (r - t) u.
+
+    Differentiating ``(r - t) u = integral_t^r v ds`` in ``t`` (``r`` fixed) gives the
+    MeanFlow identity in this convention (the paper's, with ``t -> 1 - t`` and ``v -> -v``):
+
+        u = v + (r - t) du/dt,    du/dt = v . d_x u + d_t u   (total derivative),
+
+    one ``jax.jvp`` along the tangent ``(dx, dt, dr) = (v, 1, 0)``. The target
+    ``v + (r - t) du/dt`` is stop-gradiented, as in the paper; with ``r = t`` it is the
+    flow-matching target. Times: two uniform draws, ``t`` the smaller (uniform, like
+    ``flow``, rather than the paper's logit-normal, which almost never draws t near 0 and
+    r near 1 together, the very interval the one-step sampler uses), then
+    ``r = t`` for all but :data:`MEANFLOW_UNEQUAL_FRACTION` of the rows. Each row's squared
+    error is weighted adaptively (:data:`MEANFLOW_WEIGHT_POWER`).
+    """
+    n = x1.shape[0]
+    k_a, k_b, k_eq = jax.random.split(key, 3)
+    a, b = jax.random.uniform(k_a, (n, 1)), jax.random.uniform(k_b, (n, 1))
+    t = jnp.minimum(a, b)
+    r = jnp.where(
+        jax.random.uniform(k_eq, (n, 1)) < MEANFLOW_UNEQUAL_FRACTION, jnp.maximum(a, b), t
+    )
+    xt = (1.0 - t) * eps + t * x1
+    v = x1 - eps
+    u, du_dt = jax.jvp(average_velocity, (xt, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r)))
+    target = jax.lax.stop_gradient(v + (r - t) * du_dt)
+    err = jnp.sum((u - target) ** 2, axis=-1)  # (n,)
+    weight = jax.lax.stop_gradient((err + MEANFLOW_WEIGHT_EPS) ** -MEANFLOW_WEIGHT_POWER)
+    return jnp.mean(weight * err)
+
+
 def make_loss(cfg: TrainWorldModelConfig, obs_dim: int, logit_offset: float) -> Callable:
     """``loss(params, batch, key) -> (total, metrics)`` over all three models.
 
@@ -592,6 +718,13 @@ def make_loss(cfg: TrainWorldModelConfig, obs_dim: int, logit_offset: float) -> 
             emb = sinusoidal_embedding(t[:, 0] * TIME_SCALE, cfg.time_embed_dim)
             v = nets["transition"].apply(p, jnp.concatenate([xt, cond, emb], -1))
             return jnp.mean((v - (x1 - eps)) ** 2)
+        if cfg.model == "meanflow":
+
+            def average_velocity(x, t, r):
+                feats = meanflow_time_features(t[:, 0], r[:, 0], cfg.time_embed_dim)
+                return nets["transition"].apply(p, jnp.concatenate([x, cond, feats], -1))
+
+            return meanflow_loss(average_velocity, x1, eps, k_t)
         out = nets["transition"].apply(p, cond)
         mean = out[:, :obs_dim]
         if not cfg.mlp_gaussian:
@@ -639,6 +772,7 @@ def make_update(cfg: TrainWorldModelConfig, obs_dim: int, logit_offset: float):
 
 def _plain_config(cfg: TrainWorldModelConfig) -> dict[str, Any]:
     out = {}
+    cfg = _resolved(cfg)  # flow_steps as used: runs from before its default was None match
     for f in dataclasses.fields(cfg):
         if f.name in _RUNTIME_FIELDS:
             continue
