@@ -217,3 +217,18 @@ def test_step_size_chosen_without_real_returns_rejects_steps_that_do_not_help():
     assert rows[1]["validated_gain"] < 0 and lr != 10.0
     with pytest.raises(ValueError, match="states"):
         select_step_size(cfg, agent, world, np.zeros((0, 2)))
+
+
+def test_step_size_on_segments_follows_the_carried_weights():
+    """Segments of consecutive states are walked with the preset's warm start: the carried
+    weights keep moving, so the last decision's action is further from the base policy's
+    than one decision's; single states (N, obs_dim) are one decision each."""
+    states = np.asarray([[1.0, 0.0], [0.5, 0.2], [-0.8, 0.1]], np.float32)
+    cfg = MPCConfig(preset="paper", horizon=10, num_rollouts=4)
+    agent, world = _point()
+    _, single = select_step_size(cfg, agent, world, states, grid=(1e-2,))
+    segments = np.repeat(states[:, None], 4, axis=1)  # (3, 4, 2)
+    _, walked = select_step_size(cfg, agent, world, segments, grid=(1e-2,))
+    assert walked[0]["final_action_change"] > 2 * single[0]["final_action_change"] > 0
+    with pytest.raises(ValueError, match="segments"):
+        select_step_size(cfg, agent, world, np.zeros((2, 3, 4, 2)))

@@ -900,29 +900,46 @@ def select_step_size(
 ) -> tuple[float | None, list[dict[str, float]]]:
     """Choose the adaptation step size without real returns (beyond the paper).
 
-    For each ``lr`` of ``grid``, one validated MPCwDWM decision (``validate=True``, no warm
-    start) from every state of ``states`` ``(N, obs_dim)`` (e.g. dataset observations): the
-    adapted policy's imagined gain over the pretrained one on noise the adaptation never saw,
-    minus its standard error. Returns the largest ``lr`` whose improvement survives that check
-    on at least half of the states and on average (None when none does), and one row per
-    ``lr``: ``{"lr", "acceptance", "validated_gain", "action_change"}`` (means over states).
+    For each ``lr`` of ``grid``, validated MPCwDWM decisions (``validate=True``) from
+    ``states``: either ``(N, obs_dim)`` single states (e.g. dataset observations; one decision
+    each, no warm start) or ``(N, T, obs_dim)`` segments of consecutive dataset states, walked
+    decision by decision with ``cfg``'s own warm start, so that weights carried across real
+    steps (the paper preset) drift as they would in an episode. A decision passes when the
+    adapted policy's imagined gain over its start policy, on noise the adaptation never saw
+    (and judged by ``validation_world``, an independently trained model, when given), exceeds
+    its standard error. Returns the largest ``lr`` that passes on at least half of the
+    decisions and on average (None when none does), and one row per ``lr``: ``{"lr",
+    "acceptance", "validated_gain", "action_change", "final_action_change"}`` (means over
+    decisions; the last over each segment's last decision: how far the carried weights moved
+    the action from the pretrained policy's).
     """
     states = np.asarray(states, np.float32)
-    if states.ndim != 2 or len(states) == 0:
-        raise ValueError(f"states must be a non-empty (N, obs_dim) array, got {states.shape}.")
+    if states.ndim == 2:
+        states, warm = states[:, None], False
+    elif states.ndim == 3:
+        warm = resolve(cfg).warm_start
+    else:
+        raise ValueError(
+            f"states must be (N, obs_dim) states or (N, T, obs_dim) segments, got {states.shape}."
+        )
+    if states.shape[0] == 0 or states.shape[1] == 0:
+        raise ValueError(f"states must be non-empty, got {states.shape}.")
     rows, chosen = [], None
     for lr in sorted(grid):
-        trial = dataclasses.replace(resolve(cfg), lr=float(lr), validate=True, warm_start=False)
+        trial = dataclasses.replace(resolve(cfg), lr=float(lr), validate=True, warm_start=warm)
         planner = Planner("mpc", trial, agent, world, seed, health, validation_world)
-        diags = []
-        for i, obs in enumerate(states):
+        diags, last = [], []
+        for i, segment in enumerate(states):
             planner.reset(i)
-            diags.append(planner(obs)[1])
+            for obs in segment:
+                diags.append(planner(obs)[1])
+            last.append(diags[-1]["action_change"])
         row = {
             "lr": float(lr),
             "acceptance": float(np.mean([d["accepted"] for d in diags])),
             "validated_gain": float(np.nanmean([d["validated_gain"] for d in diags])),
             "action_change": float(np.mean([d["action_change"] for d in diags])),
+            "final_action_change": float(np.mean(last)),
         }
         rows.append(row)
         if row["acceptance"] >= 0.5 and row["validated_gain"] > 0:
