@@ -44,7 +44,9 @@ def main() -> None:
     p.add_argument("--agent", default="rebrac", choices=["rebrac", "iql", "td3bc"])
     p.add_argument("--agent-steps", type=int, default=30_000)
     p.add_argument("--agent-batch-size", type=int, default=256)
-    p.add_argument("--world-model", default="diffusion", choices=["diffusion", "flow", "mlp"])
+    p.add_argument(
+        "--world-model", default="diffusion", choices=["diffusion", "flow", "meanflow", "mlp"]
+    )
     p.add_argument("--world-model-steps", type=int, default=20_000)
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument(

@@ -13,7 +13,7 @@ Parts (see DESIGN.md), top layer first; a module imports only from layers below 
   :mod:`mpcdwm.online_td3` the online TD3 agent ``collect`` trains
   :mod:`mpcdwm.maze`      PointMaze collection (and the AntMaze gap)
 * :mod:`mpcdwm.agents`    offline base agents: ReBRAC, IQL, TD3+BC
-  :mod:`mpcdwm.world`     differentiable world models: diffusion, flow matching, MLP
+  :mod:`mpcdwm.world`     differentiable world models: diffusion, flow matching, MeanFlow, MLP
 * :mod:`mpcdwm.rollout` (episodes of a decider), :mod:`mpcdwm.minari_io` (writing
   Minari datasets), :mod:`mpcdwm.world_quality`, :mod:`mpcdwm.train` (the training loop)
 * :mod:`mpcdwm.envs` (making envs, checking data against them), :mod:`mpcdwm.checkpoint`,

@@ -347,7 +347,11 @@ def _world_model_text(info: Mapping[str, Any] | None) -> str | None:
     if not info:
         return None
     kind = info.get("kind") or info.get("world_model")
-    steps = {"diffusion": info.get("denoise_steps"), "flow": info.get("flow_steps")}.get(kind)
+    steps = {
+        "diffusion": info.get("denoise_steps"),
+        "flow": info.get("flow_steps"),
+        "meanflow": info.get("flow_steps"),
+    }.get(kind)
     return f"{kind}/{steps}" if steps is not None else str(kind)
 
 
