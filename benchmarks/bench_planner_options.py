@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mpcdwm.evaluate import EvaluateConfig, evaluate
-from mpcdwm.mpc import MPCConfig
+from mpcdwm.mpc import MPCConfig, resolve
 from mpcdwm.report import load_results, summarize
 
 
@@ -35,7 +35,7 @@ def parse_variant(text: str) -> MPCConfig:
         key = key.strip().replace("-", "_")
         if key not in fields:
             raise SystemExit(f"unknown MPCConfig field {key!r}; valid: {sorted(fields)}")
-        default = getattr(MPCConfig(), key)
+        default = getattr(resolve(MPCConfig()), key)  # None defaults filled in
         if isinstance(default, bool):
             value = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, int):

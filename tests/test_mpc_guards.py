@@ -36,6 +36,11 @@ def test_paper_preset_sets_the_papers_setting_and_keeps_explicit_choices():
     assert resolve(mine) == mine
     with pytest.raises(ValueError, match="preset"):
         resolve(MPCConfig(preset="papr"))  # type: ignore[arg-type]
+    # A value given explicitly is kept even when it equals the plain default.
+    explicit = resolve(MPCConfig(preset="paper", num_rollouts=16, lr=3e-5))
+    assert (explicit.num_rollouts, explicit.lr) == (16, 3e-5)
+    plain = resolve(MPCConfig())
+    assert (plain.num_rollouts, plain.lr, plain.optimizer) == (16, 3e-5, "adam")
 
 
 def test_amortized_mode_continues_the_previous_steps_optimization():

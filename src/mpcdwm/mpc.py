@@ -62,14 +62,16 @@ class MPCConfig:
 
     adapt_steps: int = 5
     """E: gradient steps per real step (mpc, action-grad)."""
-    num_rollouts: int = 16
-    """M: imagined trajectories per gradient step (noise drawn once per decision)."""
+    num_rollouts: int | None = None
+    """M: imagined trajectories per gradient step (noise drawn once per decision). None: 16,
+    or 256 with ``preset paper``."""
     horizon: int = 5
     """H: imagined steps before the terminal critic."""
     gamma: float | None = None
     """Discount of the surrogate return (None = the agent's)."""
-    lr: float = 3e-5
-    """Learning rate of the policy-parameter optimiser (0 = act exactly as the base policy).
+    lr: float | None = None
+    """Learning rate of the policy-parameter optimiser (0 = act exactly as the base policy;
+    None: 3e-5, or 5e-6 with ``preset paper``).
     With Adam every weight moves by about ``lr`` per step whatever the gradient's size, so
     small values matter: 3e-4 moved Hopper's actions by ~0.7 and made it fall (BENCHMARKS.md,
     planner options); 3e-5 kept the change near 0.07."""
@@ -125,6 +127,8 @@ class MPCConfig:
     (reset at its start), noise redrawn at every real step; M=256 and lr=5e-6 unless
     ``num_rollouts``/``lr`` are given (the paper picks lr per dataset from
     {5e-7, 5e-6, 5e-5, 5e-4}). Applied by :func:`resolve`."""
+    # num_rollouts and lr default to None so that a value given explicitly (even 16 or 3e-5)
+    # is never mistaken for "not given" by the preset.
     update: Literal["gradient", "placebo"] = "gradient"
     """mpc: ``placebo`` replaces every adaptation update by a random direction of the same
     norm (same size of change, no information from the model): the control a gain must
@@ -161,21 +165,22 @@ PAPER_PRESET: dict[str, Any] = {
 }
 """Fields the ``paper`` preset sets outright."""
 PAPER_DEFAULTS: dict[str, Any] = {"num_rollouts": 256, "lr": 5e-6}
-"""Fields the ``paper`` preset sets only when left at :class:`MPCConfig`'s defaults."""
+"""Fields the ``paper`` preset sets only when not given (None)."""
+PLAIN_DEFAULTS: dict[str, Any] = {"num_rollouts": 16, "lr": 3e-5}
+"""What None means for those fields without a preset."""
 PAPER_LR_GRID: tuple[float, ...] = (5e-7, 5e-6, 5e-5, 5e-4)
 """The per-dataset step sizes the paper's setting is reported with."""
 
 
 def resolve(cfg: MPCConfig) -> MPCConfig:
-    """``cfg`` with its preset applied (``preset`` becomes ``none``); idempotent."""
-    if cfg.preset == "none":
-        return cfg
-    if cfg.preset != "paper":
+    """``cfg`` with its preset applied (``preset`` becomes ``none``) and every None default
+    filled in; idempotent."""
+    if cfg.preset not in ("none", "paper"):
         raise ValueError(f"--mpc.preset must be none or paper, got {cfg.preset!r}.")
-    default = MPCConfig()
-    changes = dict(PAPER_PRESET)
-    for name, value in PAPER_DEFAULTS.items():
-        if getattr(cfg, name) == getattr(default, name):
+    paper = cfg.preset == "paper"
+    changes: dict[str, Any] = dict(PAPER_PRESET) if paper else {}
+    for name, value in (PAPER_DEFAULTS if paper else PLAIN_DEFAULTS).items():
+        if getattr(cfg, name) is None:
             changes[name] = value
     return dataclasses.replace(cfg, preset="none", **changes)
 
@@ -227,7 +232,8 @@ DIAGNOSTICS = (
 
 
 def validate_config(cfg: MPCConfig) -> None:
-    """Raise a ValueError naming the bad field and its valid range."""
+    """Raise a ValueError naming the bad field and its valid range (of ``cfg`` resolved)."""
+    cfg = resolve(cfg)
     positive = (
         "adapt_steps",
         "num_rollouts",

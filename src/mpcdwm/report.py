@@ -329,9 +329,9 @@ def find_eval_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def _mpc_defaults() -> dict[str, Any]:
-    from mpcdwm.mpc import MPCConfig
+    from mpcdwm.mpc import MPCConfig, resolve
 
-    return dataclasses.asdict(MPCConfig())
+    return dataclasses.asdict(resolve(MPCConfig()))
 
 
 LEGACY_MPC = {"reward_ensemble": True}
@@ -436,7 +436,10 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
     )
     # Fields added to MPCConfig after a file was written ran at their defaults then.
     # "mpc" (top level): the settings in effect, a preset applied; older files: the config's.
-    mpc = {**_mpc_defaults(), **LEGACY_MPC, **(data.get("mpc") or config.get("mpc") or {})}
+    recorded = data.get("mpc") or config.get("mpc") or {}
+    # An unresolved config (None = "the default") counts as that default.
+    recorded = {k: v for k, v in recorded.items() if v is not None or k == "gamma"}
+    mpc = {**_mpc_defaults(), **LEGACY_MPC, **recorded}
     mpc = {k: v for k, v in mpc.items() if k not in NOT_METHOD}
     results = []
     for name, res in planners.items():
