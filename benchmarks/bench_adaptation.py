@@ -15,6 +15,10 @@ gain pairs episode by episode with the base. Methods (``--methods``):
 * ``guarded``: ``paper`` plus the validated step (act adapted only when it beats the start
   policy on fresh noise by more than the standard error) and the env's health rule as
   imagined termination (where the env has one);
+* ``guarded-x``: ``guarded`` whose validation is judged by an independently trained world
+  model (seed ``k + 1`` mod 3: errors exploited in one model rarely repeat in another);
+* ``reference``: MPCwDWM at the library's plain defaults (Adam, E=5, M=16, H=5), the
+  expensive path of the score-vs-latency frontier;
 * ``action-grad`` / ``dream-mpc``: the action-sequence gradient planner and its Dream-MPC
   form, at their defaults.
 
@@ -51,7 +55,17 @@ from mpcdwm.world import load_world_model
 
 CACHE = Path.home() / ".cache" / "mpcdwm" / "runs"
 RESULTS = Path(__file__).resolve().parent / "results" / "adaptation"
-METHODS = ("base", "paper", "placebo", "guarded", "action-grad", "dream-mpc")
+METHODS = (
+    "base",
+    "paper",
+    "placebo",
+    "guarded",
+    "guarded-x",
+    "reference",
+    "action-grad",
+    "dream-mpc",
+)
+WITH_LR = ("paper", "placebo", "guarded", "guarded-x")
 
 
 def method_config(method: str, paper: MPCConfig) -> tuple[str, MPCConfig]:
@@ -62,8 +76,10 @@ def method_config(method: str, paper: MPCConfig) -> tuple[str, MPCConfig]:
         return "mpc", paper
     if method == "placebo":
         return "mpc", dataclasses.replace(paper, update="placebo")
-    if method == "guarded":
+    if method in ("guarded", "guarded-x"):
         return "mpc", dataclasses.replace(paper, validate=True, termination="rule")
+    if method == "reference":
+        return "mpc", MPCConfig()
     if method in ("action-grad", "dream-mpc"):
         return method, MPCConfig()
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -88,6 +104,8 @@ def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
         return False
     data = json.loads(eval_json.read_text())
     same_mpc = data.get("mpc") == json.loads(json.dumps(dataclasses.asdict(resolve(cfg.mpc))))
+    # The base policy does not plan: its settings are not part of what it did.
+    same_mpc |= cfg.planner == ("none",)
     return same_mpc and data["config"]["episodes"] == cfg.episodes
 
 
@@ -137,10 +155,16 @@ def main() -> None:
         for method in args.methods:
             planner, mpc = method_config(method, paper)
             # One folder per step size, so several can be compared on the same episodes.
-            folder = f"{method}-lr{lr:g}" if method in ("paper", "placebo", "guarded") else method
+            folder = f"{method}-lr{lr:g}" if method in WITH_LR else method
+            if method in WITH_LR and args.num_rollouts != 64:
+                folder += f"-M{args.num_rollouts}"
+            judge = None
+            if method == "guarded-x":
+                judge = args.world_models / name / "diffusion" / f"seed{(seed + 1) % 3}"
             cfg = EvaluateConfig(
                 agent=agent_run,
                 world_model=None if planner == "none" else wm_run,
+                validation_world_model=judge,
                 planner=(planner,),
                 episodes=args.episodes,
                 seed=seed,
