@@ -130,9 +130,11 @@ class MPCConfig:
     # num_rollouts and lr default to None so that a value given explicitly (even 16 or 3e-5)
     # is never mistaken for "not given" by the preset.
     update: Literal["gradient", "placebo"] = "gradient"
-    """mpc: ``placebo`` replaces every adaptation update by a random direction of the same
-    norm (same size of change, no information from the model): the control a gain must
-    beat (DESIGN.md, "Reading a gain")."""
+    """mpc: ``placebo`` runs the adaptation, then replaces its parameter change by a random
+    direction scaled so that the action at the real state moves by as much (to first order:
+    same action change, no information from the model): the control a gain must beat
+    (DESIGN.md, "Reading a gain"). A random direction of the same parameter norm moved
+    Hopper's action ~15x less than the gradient did, so the norm is not what is matched."""
     validate: bool = False
     """mpc: before acting, score the adapted and the pretrained policy on fresh noise
     draws (M rollouts each, paired) and act adapted only if its imagined return is higher
@@ -434,9 +436,10 @@ def make_mpc_step(
     """The MPCwDWM decision as one jitted function (see the module docstring).
 
     ``carry = {"params": adapted params}`` (the next step's start when warm-starting).
-    With ``cfg.update == "placebo"`` each update keeps its norm but points in a random
-    direction; with ``cfg.validate`` the adapted policy acts only when it beats the
-    pretrained one on fresh noise (see :class:`MPCConfig`).
+    With ``cfg.update == "placebo"`` the adapted parameters are replaced by a random
+    direction with the same action change at ``obs``; with ``cfg.validate`` the adapted
+    policy acts only when it beats the pretrained one on fresh noise (see
+    :class:`MPCConfig`).
     """
     cfg = resolve(cfg)
     validate_config(cfg)
@@ -469,14 +472,22 @@ def make_mpc_step(
         it_t, it_f = iter(train), iter(frozen)
         return treedef.unflatten([next(it_t) if t else next(it_f) for t in trainable])
 
-    def placebo(updates, key):
-        """A random direction with the global norm of ``updates``."""
-        leaves, treedef = jax.tree_util.tree_flatten(updates)
+    def placebo(train0, train, frozen, treedef, obs, key):
+        """``train0`` moved along a random direction by as much action change at ``obs`` as
+        ``train`` (the adapted weights) makes: ``c r`` with ``c = |a(train) - a(train0)| /
+        |J r|``, ``J r`` the action's directional derivative (one jvp of the actor)."""
+        leaves, tdef = jax.tree_util.tree_flatten(train0)
         keys = jax.random.split(key, len(leaves))
         rand = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
-        rand = treedef.unflatten(rand)
-        scale = optax.tree.norm(updates) / (optax.tree.norm(rand) + 1e-12)
-        return jax.tree_util.tree_map(lambda r: r * scale, rand)
+        rand = tdef.unflatten(rand)
+
+        def action(tr):
+            return agent.act(merge(tr, frozen, treedef), obs)
+
+        a_start, along = jax.jvp(action, (train0,), (rand,))
+        change = jnp.linalg.norm(action(train) - a_start)
+        scale = change / (jnp.linalg.norm(along) + 1e-12)
+        return jax.tree_util.tree_map(lambda x, r: x + scale * r, train0, rand)
 
     def step(psi_start, psi0, models, obs, key, carry_in):
         # The start point arrives as psi_start (the wrapper chooses it).
@@ -500,17 +511,17 @@ def make_mpc_step(
 
         grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-        def adapt_step(state, k):
+        def adapt_step(state, _):
             train, opt_state = state
             (_, ret), grads = grad_fn(train)
             updates, opt_state = tx.update(grads, opt_state, train)
-            if cfg.update == "placebo":
-                updates = placebo(updates, k)
             return (optax.apply_updates(train, updates), opt_state), (ret, optax.tree.norm(grads))
 
         (train, _), (rets, norms) = jax.lax.scan(
-            adapt_step, (train0, tx.init(train0)), jax.random.split(k_placebo, cfg.adapt_steps)
+            adapt_step, (train0, tx.init(train0)), None, length=cfg.adapt_steps
         )
+        if cfg.update == "placebo":
+            train = placebo(train0, train, frozen, treedef, obs, k_placebo)
         psi = merge(train, frozen, treedef)
         pi = lambda s: agent.act(psi, s)  # noqa: E731
         if cfg.diagnostics:
