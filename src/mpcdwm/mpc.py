@@ -139,7 +139,8 @@ class MPCConfig:
     """mpc: before acting, score the adapted and the pretrained policy on fresh noise
     draws (M rollouts each, paired) and act adapted only if its imagined return is higher
     by more than the standard error of the paired difference; otherwise act as the
-    pretrained policy (and carry the start parameters on). Diagnostic ``accepted``. With a
+    pretrained policy (and, with warm start, restart from its weights). Diagnostic
+    ``accepted``. With a
     validation world model (``make_planner(..., validation_world=)``, ``mpcdwm evaluate
     --validation-world-model``), that independently trained model scores both policies."""
     termination: Literal["learned", "rule", "smooth-rule"] = "learned"
@@ -534,25 +535,24 @@ def make_mpc_step(
         ok = ok & jnp.all(jnp.isfinite(a))
         accepted = ok
         if cfg.validate:
-            # Paired comparison on noise the adaptation never saw: act adapted only if its
-            # imagined gain exceeds the standard error of that gain.
+            # Paired comparison on noise the adaptation never saw, against the PRETRAINED
+            # policy (not the carried one: with warm start, steps that each beat the last can
+            # drift far from psi0): act adapted only if its imagined gain exceeds the
+            # standard error of that gain.
             fresh = jax.random.normal(k_valid, noise.shape, obs.dtype)
-            start = lambda s: agent.act(psi_start, s)  # noqa: E731
             # An independently trained world model, when given, judges instead: errors the
             # adaptation exploited in one model rarely repeat in another.
             judge = {**models, "world": models[judge_key]}
             gain = (
                 judge_imagine(pi, judge, obs, fresh, None, terminal)[0]
-                - judge_imagine(start, judge, obs, fresh, None, terminal)[0]
+                - judge_imagine(pi0, judge, obs, fresh, None, terminal)[0]
             )
             stderr = jnp.std(gain, ddof=1) / jnp.sqrt(M) if M > 1 else jnp.zeros(())
             accepted = ok & (gain.mean() > stderr)
-        # Not adapting means acting from the start point (psi0 unless warm-starting validated).
-        a_keep = safe_action(agent.act(psi_start, obs), a0, low, high) if cfg.validate else a0
-        action = safe_action(jnp.where(accepted, a, a_keep), a_keep, low, high)
-        # A failed or rejected adaptation must not poison the next warm start.
-        fallback_psi = psi_start if cfg.validate else psi0
-        new_psi = jax.tree_util.tree_map(lambda x, y: jnp.where(accepted, x, y), psi, fallback_psi)
+        action = safe_action(jnp.where(accepted, a, a0), a0, low, high)
+        # A failed or rejected adaptation restarts from the pretrained weights: it must not
+        # poison the next warm start.
+        new_psi = jax.tree_util.tree_map(lambda x, y: jnp.where(accepted, x, y), psi, psi0)
         diag = {
             "imagined_return_before": rets[0],
             "imagined_return_after": ret_after,
@@ -922,7 +922,7 @@ def select_step_size(
     each, no warm start) or ``(N, T, obs_dim)`` segments of consecutive dataset states, walked
     decision by decision with ``cfg``'s own warm start, so that weights carried across real
     steps (the paper preset) drift as they would in an episode. A decision passes when the
-    adapted policy's imagined gain over its start policy, on noise the adaptation never saw
+    adapted policy's imagined gain over the pretrained policy, on noise the adaptation never saw
     (and judged by ``validation_world``, an independently trained model, when given), exceeds
     its standard error. Returns the largest ``lr`` that passes on at least half of the
     decisions and on average (None when none does), and one row per ``lr``: ``{"lr",
