@@ -10,10 +10,11 @@ gain pairs episode by episode with the base. Methods (``--methods``):
 * ``paper``: MPCwDWM with the paper's setting (``--mpc.preset paper``: plain gradient steps,
   E=1, H=5, weights carried across an episode's real steps) at ``--num-rollouts`` M and step
   size ``--lr``;
-* ``placebo``: ``paper`` with each update replaced by a random direction of the same size
-  (the control a gain must beat: same action change, no information from the model);
-* ``guarded``: ``paper`` plus the validated step (act adapted only when it beats the start
-  policy on fresh noise by more than the standard error) and the env's health rule as
+* ``placebo``: ``paper`` with its parameter change replaced by a random direction that moves
+  the action at the real state as much (the control a gain must beat: same action change, no
+  information from the model);
+* ``guarded``: ``paper`` plus the validated step (act adapted only when it beats the
+  pretrained policy on fresh noise by more than the standard error) and the env's health rule as
   imagined termination (where the env has one);
 * ``guarded-x``: ``guarded`` whose validation is judged by an independently trained world
   model (seed ``k + 1`` mod 3: errors exploited in one model rarely repeat in another);
