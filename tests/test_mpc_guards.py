@@ -95,6 +95,18 @@ def test_placebo_moves_the_action_as_much_but_does_not_help():
         "mpc", dataclasses.replace(small, update="placebo"), agent, world
     )(np.asarray(s0, np.float32))
     assert d_small_fake["action_change"] == pytest.approx(d_small["action_change"], rel=0.02)
+    # With weights carried across real steps, the placebo's deviation from the pretrained
+    # action tracks the real planner's at every step (it does not accumulate).
+    paper = MPCConfig(preset="paper", lr=1e-3, num_rollouts=2, horizon=5)
+    real = make_planner("mpc", paper, agent, world)
+    fake = make_planner("mpc", dataclasses.replace(paper, update="placebo"), agent, world)
+    changes = []
+    for _ in range(5):
+        _, d_warm = real(np.asarray(s0, np.float32))
+        _, d_warm_fake = fake(np.asarray(s0, np.float32))
+        assert d_warm_fake["action_change"] == pytest.approx(d_warm["action_change"], rel=0.1)
+        changes.append(d_warm["action_change"])
+    assert changes[-1] > 3 * changes[0]  # the carried weights did move further
     assert d_fake["imagined_return_after"] < d_real["imagined_return_after"]
     assert _true_return(real, real.reset, s0) > _true_return(fake, fake.reset, s0) + 10.0
 

@@ -130,11 +130,14 @@ class MPCConfig:
     # num_rollouts and lr default to None so that a value given explicitly (even 16 or 3e-5)
     # is never mistaken for "not given" by the preset.
     update: Literal["gradient", "placebo"] = "gradient"
-    """mpc: ``placebo`` runs the adaptation, then replaces its parameter change by a random
-    direction scaled so that the action at the real state moves by as much (to first order:
-    same action change, no information from the model): the control a gain must beat
-    (DESIGN.md, "Reading a gain"). A random direction of the same parameter norm moved
-    Hopper's action ~15x less than the gradient did, so the norm is not what is matched."""
+    """mpc: ``placebo`` runs the adaptation (and carries its weights on, as the real planner
+    does), but acts with the pretrained weights moved along a fresh random direction, scaled
+    so that the action at the real state differs from the pretrained action by as much as the
+    adapted one does (to first order: same action change, no information from the model):
+    the control a gain must beat (DESIGN.md, "Reading a gain"). A random direction of the
+    same parameter norm moved Hopper's action ~15x less than the gradient did, and a random
+    change added to carried weights accumulated (10x the gradient's over an episode), so
+    neither is what is matched."""
     validate: bool = False
     """mpc: before acting, score the adapted and the pretrained policy on fresh noise
     draws (M rollouts each, paired) and act adapted only if its imagined return is higher
@@ -437,9 +440,9 @@ def make_mpc_step(
     """The MPCwDWM decision as one jitted function (see the module docstring).
 
     ``carry = {"params": adapted params}`` (the next step's start when warm-starting).
-    With ``cfg.update == "placebo"`` the adapted parameters are replaced by a random
-    direction with the same action change at ``obs``; with ``cfg.validate`` the adapted
-    policy acts only when it beats the pretrained one on fresh noise (see
+    With ``cfg.update == "placebo"`` the action comes from the pretrained parameters moved
+    along a random direction with the same action change at ``obs``; with ``cfg.validate``
+    the adapted policy acts only when it beats the pretrained one on fresh noise (see
     :class:`MPCConfig`).
     """
     cfg = resolve(cfg)
@@ -521,16 +524,22 @@ def make_mpc_step(
         (train, _), (rets, norms) = jax.lax.scan(
             adapt_step, (train0, tx.init(train0)), None, length=cfg.adapt_steps
         )
+        psi = merge(train, frozen, treedef)  # adapted; carried to the next step when warm
+        acting = psi
         if cfg.update == "placebo":
-            train = placebo(train0, train, frozen, treedef, obs, k_placebo)
-        psi = merge(train, frozen, treedef)
-        pi = lambda s: agent.act(psi, s)  # noqa: E731
+            # Act with the PRETRAINED weights moved along a random direction by as much action
+            # change (from the pretrained action) as the adaptation makes, and carry the
+            # adapted weights on: the placebo's deviation tracks the real planner's at every
+            # step instead of accumulating as a random walk over carried steps.
+            pre = split(psi0)[0]
+            acting = merge(placebo(pre, train, frozen, treedef, obs, k_placebo), frozen, treedef)
+        pi = lambda s: agent.act(acting, s)  # noqa: E731
         if cfg.diagnostics:
             ret_after = imagine(pi, models, obs, noise, None, terminal)[0].mean()
         else:
             ret_after = jnp.full((), jnp.nan, obs.dtype)
         a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
-        a = agent.act(psi, obs)
+        a = agent.act(acting, obs)
         ok = _all_finite(train) & jnp.all(jnp.isfinite(rets))
         ok = ok & jnp.all(jnp.isfinite(a))
         accepted = ok
