@@ -143,9 +143,9 @@ class MPCConfig:
     draws (M rollouts each, paired) and act adapted only if its imagined return is higher
     by more than the standard error of the paired difference; otherwise act as the
     pretrained policy (and, with warm start, restart from its weights). Diagnostic
-    ``accepted``. With a
-    validation world model (``make_planner(..., validation_world=)``, ``mpcdwm evaluate
-    --validation-world-model``), that independently trained model scores both policies."""
+    ``accepted``. With a validation world model (``make_planner(..., validation_world=)``,
+    ``mpcdwm evaluate --validation-world-model``), that independently trained model scores
+    both policies."""
     termination: Literal["learned", "rule", "smooth-rule"] = "learned"
     """What ends an imagined episode: the world model's learned classifier, or the env's
     own health rule (Hopper, Walker2d, Ant: read from the Gymnasium env,

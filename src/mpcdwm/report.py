@@ -334,6 +334,13 @@ def _mpc_defaults() -> dict[str, Any]:
     return dataclasses.asdict(resolve(MPCConfig()))
 
 
+def _resolved_by_default() -> tuple[str, ...]:
+    """MPCConfig fields whose None means "the default" (filled in by ``mpc.resolve``)."""
+    from mpcdwm.mpc import PLAIN_DEFAULTS
+
+    return tuple(PLAIN_DEFAULTS)
+
+
 LEGACY_MPC = {"reward_ensemble": True}
 """MPCConfig fields added after files were written, with what those files ran: before the
 option existed, imagined rewards were the whole reward ensemble's mean."""
@@ -438,7 +445,8 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
     # "mpc" (top level): the settings in effect, a preset applied; older files: the config's.
     recorded = data.get("mpc") or config.get("mpc") or {}
     # An unresolved config (None = "the default") counts as that default.
-    recorded = {k: v for k, v in recorded.items() if v is not None or k == "gamma"}
+    defaulted = _resolved_by_default()
+    recorded = {k: v for k, v in recorded.items() if v is not None or k not in defaulted}
     mpc = {**_mpc_defaults(), **LEGACY_MPC, **recorded}
     mpc = {k: v for k, v in mpc.items() if k not in NOT_METHOD}
     results = []
