@@ -13,6 +13,8 @@ run inside ``lax.fori_loop`` with ``lax.cond`` every ``policy_freq``, as its tra
 loop does. Its imports of d4rl/gym/pyrallis/wandb (unused by the update) are
 stubbed here, and ``jax.tree_map`` (removed from recent JAX) is aliased to
 ``jax.tree_util.tree_map``; it needs ``chex`` importable (``PYTHONPATH`` is enough).
+The implementations are timed in interleaved rounds (one chunk each per round), and
+each of ours is compared to CORL by the median of its per-round speed ratios.
 
     python benchmarks/bench_agents.py --batch-sizes 256 1024
     PYTHONPATH=/path/with/chex python benchmarks/bench_agents.py \
@@ -24,8 +26,10 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -53,22 +57,31 @@ def hopper_sized_data(key: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def time_chunks(run, state, data, chunk: int, repeats: int) -> tuple[float, float, list[float]]:
-    """(compile+first chunk seconds, median updates/s, all rates) of ``run`` over ``repeats``."""
-    t0 = time.perf_counter()
-    state, _ = run(state, data, jax.random.key(0))
-    jax.block_until_ready(state)
-    first = time.perf_counter() - t0
-    rates = []
-    for i in range(repeats):
+def time_interleaved(impls: list[dict], data, chunk: int, repeats: int) -> None:
+    """Time one chunk of every implementation in turn, ``repeats`` rounds after a warm-up.
+
+    Interleaving puts every implementation under the same machine state round by round
+    (this machine's chunk times drift by +-25% over a minute), so the per-round ratio of
+    two implementations is a fair comparison even when single rates are noisy. Adds
+    ``first_s`` (compile + first chunk), ``rates`` and ``rate`` (median) to each dict.
+    """
+    for impl in impls:
         t0 = time.perf_counter()
-        state, metrics = run(state, data, jax.random.key(i + 1))
-        jax.block_until_ready((state, metrics))
-        rates.append(chunk / (time.perf_counter() - t0))
-    return first, statistics.median(rates), rates
+        impl["state"], _ = impl["run"](impl["state"], data, jax.random.key(0))
+        jax.block_until_ready(impl["state"])
+        impl["first_s"], impl["rates"] = time.perf_counter() - t0, []
+    for i in range(repeats):
+        for impl in impls:
+            t0 = time.perf_counter()
+            impl["state"], metrics = impl["run"](impl["state"], data, jax.random.key(i + 1))
+            jax.block_until_ready((impl["state"], metrics))
+            impl["rates"].append(chunk / (time.perf_counter() - t0))
+    for impl in impls:
+        impl["rate"] = statistics.median(impl["rates"])
 
 
-def bench_ours(agent: str, batch_size: int, chunk: int, repeats: int, data) -> dict:
+def bench_ours(agent: str, batch_size: int, chunk: int) -> dict:
+    """mpcdwm's ``update`` for ``agent`` in ``make_chunk``, exactly as ``train-agent`` runs it."""
     if agent == "rebrac":
         module, config = rebrac, rebrac.rebrac_preset("hopper-medium-v2", batch_size=batch_size)
     elif agent == "td3bc":
@@ -77,10 +90,9 @@ def bench_ours(agent: str, batch_size: int, chunk: int, repeats: int, data) -> d
         module, config = iql, iql.IQLConfig(batch_size=batch_size)
     state = module.init(config, jax.random.key(0), OBS_DIM, ACT_DIM)
     run = make_chunk(module.make_update(config), batch_size, chunk)
-    first, rate, rates = time_chunks(run, state, data, chunk, repeats)
     nets = "x".join(str(h) for h in config.hidden_dims)
-    return {"impl": f"mpcdwm {agent}", "batch": batch_size, "nets": nets, "first_s": first,
-            "rate": rate, "rates": rates}  # fmt: skip
+    return {"impl": f"mpcdwm {agent}", "batch": batch_size, "nets": nets, "run": run,
+            "state": state}  # fmt: skip
 
 
 @functools.cache  # once per path: the stubs below cannot be installed twice
@@ -107,7 +119,7 @@ def _load_corl(path: str) -> types.ModuleType:
     return module
 
 
-def bench_corl(path: str, batch_size: int, chunk: int, repeats: int, data) -> dict:
+def bench_corl(path: str, batch_size: int, chunk: int, data) -> dict:
     """CORL's ReBRAC update functions, driven like its training loop (fori_loop + cond)."""
     m = _load_corl(path)
     import optax
@@ -168,9 +180,8 @@ def bench_corl(path: str, batch_size: int, chunk: int, repeats: int, data) -> di
         return jax.lax.fori_loop(0, chunk, body, carry), {}
 
     carry = {"key": jax.random.PRNGKey(1), "actor": actor, "critic": critic, "buffer": buffer}
-    first, rate, rates = time_chunks(jax.jit(run), carry, None, chunk, repeats)
     return {"impl": "CORL rebrac (JAX)", "batch": batch_size, "nets": "256x256x256",
-            "first_s": first, "rate": rate, "rates": rates}  # fmt: skip
+            "run": jax.jit(run), "state": carry}  # fmt: skip
 
 
 def main() -> None:
@@ -180,34 +191,59 @@ def main() -> None:
         "--agents", nargs="+", default=["rebrac"], choices=["rebrac", "td3bc", "iql"]
     )
     parser.add_argument("--chunk", type=int, default=1000, help="updates fused per jitted call")
-    parser.add_argument("--repeats", type=int, default=3, help="timed chunks after the first")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed rounds after the warm-up (one chunk each)"
+    )
     parser.add_argument("--corl", default=None, help="path to CORL's algorithms/offline/rebrac.py")
+    parser.add_argument(
+        "--corl-commit", default=None, help="CORL's commit, when --corl is not in a git checkout"
+    )
     args = parser.parse_args()
 
     data = hopper_sized_data(jax.random.key(42))
     rows = []
     for bs in args.batch_sizes:
-        for agent in args.agents:
-            rows.append(bench_ours(agent, bs, args.chunk, args.repeats, data))
-            print(f"  {rows[-1]['impl']} batch {bs}: {rows[-1]['rate']:.0f} upd/s", file=sys.stderr)
+        impls = [bench_ours(agent, bs, args.chunk) for agent in args.agents]
         if args.corl:
-            rows.append(bench_corl(args.corl, bs, args.chunk, args.repeats, data))
-            print(f"  CORL batch {bs}: {rows[-1]['rate']:.0f} upd/s", file=sys.stderr)
+            impls.append(bench_corl(args.corl, bs, args.chunk, data))
+        time_interleaved(impls, data, args.chunk, args.repeats)
+        for impl in impls:
+            if args.corl and impl is not impls[-1]:
+                # Paired by round: both chunks ran back to back under the same load.
+                ratios = [a / b for a, b in zip(impl["rates"], impls[-1]["rates"], strict=True)]
+                impl["vs_corl"] = statistics.median(ratios)
+            print(f"  {impl['impl']} batch {bs}: {impl['rate']:.0f} upd/s", file=sys.stderr)
+        rows += impls
 
     device = jax.devices()[0]
     print(f"Machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
-          f"{device.device_kind} ({device.platform}), jax {jax.__version__}")  # fmt: skip
+          f"{device.device_kind} ({device.platform}), jax {jax.__version__}, "
+          f"load average at the end {os.getloadavg()[0]:.2f}")  # fmt: skip
     print("Command: python " + " ".join(sys.argv))
+    if args.corl:
+        print(f"CORL: {args.corl} at commit {args.corl_commit or _git_commit(args.corl)}")
     print()
     print(
-        "| implementation | batch | hidden | updates/s (median) | all chunks "
-        "| compile + first chunk (s) |"
+        "| implementation | batch | hidden | updates/s (median) | / CORL (median of per-round "
+        "ratios) | all rounds | compile + first chunk (s) |"
     )
-    print("|---|---:|---|---:|---|---:|")
+    print("|---|---:|---|---:|---:|---|---:|")
     for r in rows:
         spread = ", ".join(f"{x:.0f}" for x in r["rates"])
-        print(f"| {r['impl']} | {r['batch']} | {r['nets']} | {r['rate']:.0f} | {spread} | "
-              f"{r['first_s']:.1f} |")  # fmt: skip
+        ratio = f"{r['vs_corl']:.2f}" if "vs_corl" in r else ""
+        print(f"| {r['impl']} | {r['batch']} | {r['nets']} | {r['rate']:.0f} | {ratio} | "
+              f"{spread} | {r['first_s']:.1f} |")  # fmt: skip
+
+
+def _git_commit(path: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", os.path.dirname(os.path.abspath(path)), "rev-parse", "HEAD"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (pass --corl-commit)"
+    return out.stdout.strip()
 
 
 if __name__ == "__main__":
