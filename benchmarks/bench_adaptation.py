@@ -25,7 +25,9 @@ gain pairs episode by episode with the base. Methods (``--methods``):
 
 ``--lr auto`` chooses the step size WITHOUT real returns (:func:`mpcdwm.mpc.select_step_size`:
 the largest of the paper's grid {5e-7, 5e-6, 5e-5, 5e-4} whose imagined improvement survives
-validation on 64 dataset states, per seed); the choice is written to ``step_size.json``.
+validation while the carried weights, walked along 16 segments of 40 consecutive dataset
+states, keep the action within ``STEP_SIZE_TRUST_REGION`` of the pretrained policy's, per
+seed); the choice and the whole grid are written to ``step_size.json``.
 Runs resume: an eval.json with the same configuration and episodes is kept. Result files
 (eval.json, step_size.json, never checkpoints) are copied under ``--results`` and
 ``mpcdwm report`` writes the table with paired gains and bootstrap 95% CIs there.
@@ -44,18 +46,23 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mpcdwm.agents import load_agent
 from mpcdwm.data import load_dataset
 from mpcdwm.envs import health_rule, make_env
 from mpcdwm.evaluate import EvaluateConfig, evaluate
-from mpcdwm.mpc import PAPER_LR_GRID, MPCConfig, resolve, select_step_size
+from mpcdwm.mpc import (
+    PAPER_LR_GRID,
+    STEP_SIZE_TRUST_REGION,
+    MPCConfig,
+    resolve,
+    select_step_size,
+)
 from mpcdwm.report import ReportConfig, report
 from mpcdwm.world import load_world_model
 
 CACHE = Path.home() / ".cache" / "mpcdwm" / "runs"
 RESULTS = Path(__file__).resolve().parent / "results" / "adaptation"
+SEGMENTS, SEGMENT_LENGTH = 16, 40  # dataset segments walked by --lr auto
 METHODS = (
     "base",
     "paper",
@@ -93,11 +100,11 @@ def choose_step_size(agent_run: Path, wm_run: Path, dataset: str, cfg: MPCConfig
     env = make_env(agent.env_id)
     health = health_rule(env)
     env.close()
-    obs = load_dataset(dataset).observations
-    rng = np.random.default_rng(seed)
-    states = obs[rng.choice(len(obs), size=64, replace=False)]
-    chosen, rows = select_step_size(cfg, agent, world, states, PAPER_LR_GRID, seed, health)
-    return chosen, rows
+    segments = load_dataset(dataset).segments(count=SEGMENTS, length=SEGMENT_LENGTH, seed=seed)
+    return select_step_size(
+        cfg, agent, world, segments, PAPER_LR_GRID, seed, health,
+        max_action_change=STEP_SIZE_TRUST_REGION,
+    )  # fmt: skip
 
 
 def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
@@ -135,14 +142,16 @@ def main() -> None:
         keep.mkdir(parents=True, exist_ok=True)
         paper = resolve(MPCConfig(preset="paper", num_rollouts=args.num_rollouts))
         if args.lr == "auto":
+            rule = {"num_rollouts": args.num_rollouts, "segments": [SEGMENTS, SEGMENT_LENGTH],
+                    "max_action_change": STEP_SIZE_TRUST_REGION}  # fmt: skip
             choice_file = keep / "step_size.json"
             choice = json.loads(choice_file.read_text()) if choice_file.exists() else None
-            if choice is None or choice.get("num_rollouts") != args.num_rollouts:
+            if choice is None or choice.get("rule") != rule:
                 t0 = time.perf_counter()
                 lr, rows = choose_step_size(agent_run, wm_run, args.dataset, paper, seed)
                 choice = {
                     "lr": lr,
-                    "num_rollouts": args.num_rollouts,
+                    "rule": rule,
                     "grid": rows,
                     "seconds": time.perf_counter() - t0,
                 }

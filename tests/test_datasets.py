@@ -128,6 +128,24 @@ def test_split_by_episode(tmp_path, hopper_rows):
     assert train.episode_ends.sum() + val.episode_ends.sum() == n_eps
 
 
+def test_segments_are_consecutive_states_within_one_episode(tmp_path, hopper_rows):
+    path = tmp_path / "hopper-random-v2.hdf5"
+    _write_d4rl(path, hopper_rows, with_next=True)
+    ds = load_dataset(path)
+    segments = ds.segments(count=50, length=6, seed=1)
+    assert segments.shape == (50, 6, 11)
+    index = {row.tobytes(): i for i, row in enumerate(ds.observations)}
+    ends = ds.episode_ends
+    for segment in segments:
+        rows = np.asarray([index[s.tobytes()] for s in segment])
+        np.testing.assert_array_equal(np.diff(rows), 1)  # consecutive rows of the data
+        assert not ends[rows[:-1]].any()  # no episode ends inside a segment
+    np.testing.assert_array_equal(segments, ds.segments(count=50, length=6, seed=1))
+    longest = int(np.diff(np.r_[-1, np.flatnonzero(ends)]).max())
+    with pytest.raises(DatasetError, match="shorter segments"):
+        ds.segments(count=1, length=longest + 1)
+
+
 @pytest.mark.parametrize(
     "corrupt, match",
     [

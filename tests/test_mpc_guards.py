@@ -257,3 +257,18 @@ def test_step_size_on_segments_follows_the_carried_weights():
     assert walked[0]["final_action_change"] > 2 * single[0]["final_action_change"] > 0
     with pytest.raises(ValueError, match="segments"):
         select_step_size(cfg, agent, world, np.zeros((2, 3, 4, 2)))
+
+
+def test_step_size_trust_region_keeps_the_largest_step_within_it():
+    """Both steps survive validation; the trust region on the carried weights' final action
+    change rejects the one that moves the action further than allowed."""
+    states = np.repeat(np.asarray([[1.0, 0.0], [0.5, 0.2]], np.float32)[:, None], 3, axis=1)
+    cfg = MPCConfig(preset="paper", horizon=10, num_rollouts=4)
+    agent, world = _point()
+    lr, rows = select_step_size(cfg, agent, world, states, grid=(1e-3, 1e-2))
+    assert lr == 1e-2 and all(r["acceptance"] == 1.0 for r in rows)
+    small, large = (r["final_action_change"] for r in rows)
+    assert 0 < small < large
+    between = (small + large) / 2
+    lr, _ = select_step_size(cfg, agent, world, states, (1e-3, 1e-2), max_action_change=between)
+    assert lr == 1e-3

@@ -169,6 +169,24 @@ class Dataset:
         row_is_val = np.repeat(val_eps, lengths)
         return self.select(~row_is_val), self.select(row_is_val)
 
+    def segments(self, count: int, length: int, seed: int = 0) -> np.ndarray:
+        """``(count, length, obs_dim)`` runs of consecutive observations, each inside one
+        episode: episodes drawn uniformly among those at least ``length`` long, then a
+        uniform start within the episode."""
+        ends = np.flatnonzero(self.episode_ends)
+        starts = np.r_[0, ends[:-1] + 1]
+        long_enough = np.flatnonzero(ends - starts + 1 >= length)
+        if length < 1 or count < 1 or len(long_enough) == 0:
+            raise DatasetError(
+                f"dataset {self.name!r}: no {count} segment(s) of {length} consecutive states "
+                f"(its longest episode has {int((ends - starts + 1).max())} steps); ask for "
+                "shorter segments."
+            )
+        rng = np.random.default_rng(seed)
+        episodes = rng.choice(long_enough, size=count)
+        first = starts[episodes] + rng.integers(0, ends[episodes] - starts[episodes] - length + 2)
+        return self.observations[first[:, None] + np.arange(length)]
+
     def select(self, mask: np.ndarray) -> Dataset:
         """Rows where ``mask`` is true (keeps every field aligned)."""
         arrays = {f: getattr(self, f)[mask] for f in (*FIELDS, "next_actions")}
