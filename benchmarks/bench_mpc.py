@@ -109,11 +109,7 @@ def measure(planner_name: str, cfg: MPCConfig, agent, world, decisions: int) -> 
 def compiled_flops(planner_name: str, cfg: MPCConfig, agent, world) -> float:
     """FLOPs of one compiled decision program as XLA's cost analysis counts them."""
     planner = make_planner(planner_name, cfg, agent, world, seed=0)
-    obs = jnp.zeros(OBS_DIM, jnp.float32)
-    lowered = planner._decide.lower(planner.psi0, planner.models, obs, planner.state)
-    cost = lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
+    return planner.cost_analysis(np.zeros(OBS_DIM, np.float32))["flops"]
 
 
 def decision_flops(cfg: MPCConfig, agent, world) -> float:

@@ -304,3 +304,18 @@ def test_reward_from_first_member_or_whole_ensemble(pendulum):
     np.testing.assert_allclose(world.reward(world.params, s, a, 1), members[0], rtol=1e-5)
     with pytest.raises(ValueError, match="count"):
         world.reward_members(world.params, s, a, world.config.reward_ensemble + 1)
+
+
+def test_cost_analysis_counts_the_compiled_decision_and_reuses_it():
+    """XLA's FLOP count of a decision grows with the imagined rollouts M, and the program
+    compiled for the count is the one that then decides."""
+    agent, world = _point()
+    obs = np.asarray([1.0, 0.0], np.float32)
+    flops = {}
+    for m in (8, 32):
+        planner = make_planner("mpc", MPCConfig(num_rollouts=m, horizon=4), agent, world)
+        flops[m] = planner.cost_analysis(obs)["flops"]
+        compiled = planner._compiled
+        action, _ = planner(obs)
+        assert planner._compiled is compiled and np.all(np.isfinite(action))
+    assert flops[32] > 2.5 * flops[8] > 0

@@ -911,6 +911,17 @@ class Planner:
             self.compile_s = time.perf_counter() - t0
         return self.compile_s
 
+    def cost_analysis(self, obs: np.ndarray) -> dict[str, float]:
+        """XLA's cost estimate of one compiled decision (``flops``, ``bytes accessed``, ...).
+
+        XLA counts a loop body once: with ``adapt_steps`` E > 1 the gradient steps are
+        counted once, not E times.
+        """
+        self.compile(obs)
+        cost = self._compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost  # a list in older jax releases
+        return {k: float(v) for k, v in cost.items()}
+
     def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         obs = np.asarray(obs, np.float32)
         if self._compiled is None:
