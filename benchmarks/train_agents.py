@@ -30,6 +30,7 @@ import numpy as np
 from mpcdwm.agents import TrainAgentConfig, train_agent
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.evaluate import EvaluateConfig, evaluate
+from mpcdwm.pipeline import evaluation_is_current
 from mpcdwm.report import ReportConfig, report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "agents_d4rl"
@@ -121,22 +122,18 @@ def main() -> None:
                         )
                     )
                 eval_json = run / "eval" / "eval.json"
-                stale = eval_json.exists() and (
-                    json.loads(eval_json.read_text()).get("config", {}).get("episodes")
-                    != args.episodes
+                final = EvaluateConfig(
+                    agent=run,
+                    world_model=None,
+                    planner=("none",),
+                    episodes=args.episodes,
+                    seed=seed,
+                    out=run / "eval",
+                    progress=not args.no_progress,
                 )
-                if not eval_json.exists() or stale:
-                    evaluate(
-                        EvaluateConfig(
-                            agent=run,
-                            world_model=None,
-                            planner=("none",),
-                            episodes=args.episodes,
-                            seed=seed,
-                            out=run / "eval",
-                            progress=not args.no_progress,
-                        )
-                    )
+                # Stale also when the run was trained further (its checkpoint changed).
+                if not evaluation_is_current(eval_json, final):
+                    evaluate(final)
                 keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(run / "metrics.jsonl", keep / "metrics.jsonl")
                 shutil.copy(eval_json, keep / "eval.json")

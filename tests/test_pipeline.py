@@ -96,6 +96,11 @@ def test_rerun_skips_finished_stages_and_redoes_missing_ones(finished_run, tiny_
     run(dataclasses.replace(cfg, mpc=dataclasses.replace(cfg.mpc, terminal_action="pretrained")))
     assert capfd.readouterr().err.count("skipped") == 2
     assert json.loads(eval_json.read_text())["config"]["mpc"]["terminal_action"] == "pretrained"
+    # A damaged eval.json (a write cut short by another tool) is redone, not an error.
+    eval_json.write_text('{"config": {"episodes": 2')
+    run(cfg)
+    assert capfd.readouterr().err.count("skipped") == 2
+    assert len(json.loads(eval_json.read_text())["planners"]["mpc"]["returns"]) == 2
 
 
 def test_training_a_stage_further_makes_its_evaluation_stale(tiny_dataset, tmp_path, capfd):

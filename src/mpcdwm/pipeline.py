@@ -269,6 +269,17 @@ def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
     )
 
 
+def evaluation_is_current(eval_json: Path, cfg: EvaluateConfig) -> bool:
+    """Whether ``eval_json`` holds an evaluation made with ``cfg`` of the checkpoints now in
+    its agent and world-model folders: a run trained further since (its checkpoint's digest
+    changed) or other settings make it stale. A missing or unreadable file is not current."""
+    try:
+        data = json.loads(Path(eval_json).read_text())
+    except (OSError, ValueError):
+        return False
+    return _same_eval_config(data, cfg)
+
+
 def run(cfg: RunConfig) -> Path:
     """Run (or resume) every stage; returns the run directory."""
     # Before any work: every stage's settings and --out, so nothing fails after training.
@@ -350,7 +361,7 @@ def run(cfg: RunConfig) -> Path:
         max_steps=ev.max_steps,
         progress=cfg.progress,
     )
-    if eval_json.exists() and _same_eval_config(json.loads(eval_json.read_text()), eval_cfg):
+    if evaluation_is_current(eval_json, eval_cfg):
         console.print(f"done already ({eval_json}); skipped")
     else:
         evaluate(eval_cfg)
