@@ -179,9 +179,10 @@ PAPER_LR_GRID: tuple[float, ...] = (5e-7, 5e-6, 5e-5, 5e-4)
 STEP_SIZE_TRUST_REGION = 0.03
 """Largest distance ``||a_adapted - a_pretrained||`` (L2, in env action units) that the carried
 weights may reach at the end of a walked dataset segment for :func:`select_step_size` to accept
-a step size. Set from the IQL medium runs of BENCHMARKS.md (the step that real returns favoured
-ended at 0.006-0.024 over 40-state segments, the next larger step, which lost, at 0.056-0.11),
-so on those datasets it is fitted, not evidence; see BENCHMARKS.md for held-out datasets."""
+a step size (opt-in: ``max_action_change``). Fitted on the IQL medium runs of BENCHMARKS.md (the
+step real returns favoured ended at 0.006-0.024 over 40-state segments, the next larger one,
+which lost, at 0.053-0.11). On held-out hopper-medium-replay it chose 5e-7 where 5e-5 gained 33
+points: not a validated rule, hence not a default."""
 
 
 def resolve(cfg: MPCConfig) -> MPCConfig:
