@@ -57,6 +57,7 @@ from mpcdwm.mpc import (
     resolve,
     select_step_size,
 )
+from mpcdwm.pipeline import same_checkpoints
 from mpcdwm.report import ReportConfig, report
 from mpcdwm.world import load_world_model
 
@@ -114,7 +115,8 @@ def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
     same_mpc = data.get("mpc") == json.loads(json.dumps(dataclasses.asdict(resolve(cfg.mpc))))
     # The base policy does not plan: its settings are not part of what it did.
     same_mpc |= cfg.planner == ("none",)
-    return same_mpc and data["config"]["episodes"] == cfg.episodes
+    # A retrained agent or world model (another checkpoint digest) makes it stale too.
+    return same_mpc and data["config"]["episodes"] == cfg.episodes and same_checkpoints(data, cfg)
 
 
 def main() -> None:

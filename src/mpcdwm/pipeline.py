@@ -262,10 +262,15 @@ def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
     default = _to_plain(type(cfg)(agent=cfg.agent))
     stored.pop("progress", None)
     current.pop("progress", None)
-    return (
-        _matches(stored, current, default)
-        and _same_checkpoint(eval_data.get("agent"), cfg.agent)
-        and _same_checkpoint(eval_data.get("world_model"), cfg.world_model)
+    return _matches(stored, current, default) and same_checkpoints(eval_data, cfg)
+
+
+def same_checkpoints(eval_data: dict[str, Any], cfg: EvaluateConfig) -> bool:
+    """Whether the agent, world-model and validation-world-model checkpoints an eval.json
+    records are the ones now in ``cfg``'s folders (same payload digests)."""
+    return all(
+        _same_checkpoint(eval_data.get(field), getattr(cfg, field))
+        for field in ("agent", "world_model", "validation_world_model")
     )
 
 
