@@ -33,7 +33,9 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -119,11 +121,59 @@ def _load_corl(path: str) -> types.ModuleType:
     return module
 
 
+def corl_train_states(
+    m: types.ModuleType,
+    key: jax.Array,
+    obs_dim: int,
+    act_dim: int,
+    hidden_dims: Sequence[int],
+    actor_ln: bool,
+    critic_ln: bool,
+    actor_lr: float,
+    critic_lr: float,
+) -> tuple[Any, Any]:
+    """CORL's actor and critic train states, built as its ``main`` builds them (each target
+    initialised with its online net's key: equal weights)."""
+    import optax
+
+    actor_key, critic_key = jax.random.split(key)
+    obs, act = jnp.zeros((1, obs_dim)), jnp.zeros((1, act_dim))
+    width, depth = hidden_dims[0], len(hidden_dims)
+    actor_net = m.DetActor(act_dim, width, actor_ln, depth)
+    critic_net = m.EnsembleCritic(width, 2, critic_ln, depth)
+    actor = m.ActorTrainState.create(
+        apply_fn=actor_net.apply,
+        params=actor_net.init(actor_key, obs),
+        target_params=actor_net.init(actor_key, obs),
+        tx=optax.adam(actor_lr),
+    )
+    critic = m.CriticTrainState.create(
+        apply_fn=critic_net.apply,
+        params=critic_net.init(critic_key, obs, act),
+        target_params=critic_net.init(critic_key, obs, act),
+        tx=optax.adam(critic_lr),
+    )
+    return actor, critic
+
+
+def corl_updates(m: types.ModuleType, hyper: Any) -> tuple[Callable, Callable]:
+    """CORL's ``update_td3`` (critic, actor, targets) and ``update_td3_no_targets`` (critic
+    only) with ``hyper``'s gamma, betas, tau, target noise and normalize_q bound."""
+    kwargs = dict(
+        gamma=hyper.gamma,
+        actor_bc_coef=hyper.actor_bc_coef,
+        critic_bc_coef=hyper.critic_bc_coef,
+        tau=hyper.tau,
+        policy_noise=hyper.policy_noise,
+        noise_clip=hyper.noise_clip,
+    )
+    full = partial(m.update_td3, normalize_q=hyper.normalize_q, **kwargs)
+    return full, partial(m.update_td3_no_targets, **kwargs)
+
+
 def bench_corl(path: str, batch_size: int, chunk: int, data) -> dict:
     """CORL's ReBRAC update functions, driven like its training loop (fori_loop + cond)."""
     m = _load_corl(path)
-    import optax
-
     cfg = m.Config(dataset_name="hopper-medium-v2", batch_size=batch_size)
     buffer = m.ReplayBuffer(
         data={
@@ -135,32 +185,11 @@ def bench_corl(path: str, batch_size: int, chunk: int, data) -> dict:
             "dones": data["dones"],
         }
     )
-    key_a, key_c = jax.random.split(jax.random.PRNGKey(0))
-    obs0, act0 = data["observations"][:1], data["actions"][:1]
-    actor_net = m.DetActor(ACT_DIM, cfg.hidden_dim, cfg.actor_ln, cfg.actor_n_hiddens)
-    critic_net = m.EnsembleCritic(cfg.hidden_dim, 2, cfg.critic_ln, cfg.critic_n_hiddens)
-    actor = m.ActorTrainState.create(
-        apply_fn=actor_net.apply,
-        params=actor_net.init(key_a, obs0),
-        target_params=actor_net.init(key_a, obs0),
-        tx=optax.adam(cfg.actor_learning_rate),
-    )
-    critic = m.CriticTrainState.create(
-        apply_fn=critic_net.apply,
-        params=critic_net.init(key_c, obs0, act0),
-        target_params=critic_net.init(key_c, obs0, act0),
-        tx=optax.adam(cfg.critic_learning_rate),
-    )
-    hyper = dict(
-        gamma=cfg.gamma,
-        actor_bc_coef=cfg.actor_bc_coef,
-        critic_bc_coef=cfg.critic_bc_coef,
-        tau=cfg.tau,
-        policy_noise=cfg.policy_noise,
-        noise_clip=cfg.noise_clip,
-    )
-    full = partial(m.update_td3, normalize_q=cfg.normalize_q, **hyper)
-    critic_only = partial(m.update_td3_no_targets, **hyper)
+    actor, critic = corl_train_states(
+        m, jax.random.PRNGKey(0), OBS_DIM, ACT_DIM, [cfg.hidden_dim] * cfg.actor_n_hiddens,
+        cfg.actor_ln, cfg.critic_ln, cfg.actor_learning_rate, cfg.critic_learning_rate,
+    )  # fmt: skip
+    full, critic_only = corl_updates(m, cfg)
     names = ["critic_loss", "q_min", "actor_loss", "batch_entropy", "bc_mse_policy",
              "bc_mse_random", "action_mse"]  # fmt: skip
 
@@ -179,7 +208,10 @@ def bench_corl(path: str, batch_size: int, chunk: int, data) -> dict:
         carry = {**carry, "metrics": m.Metrics.create(names)}
         return jax.lax.fori_loop(0, chunk, body, carry), {}
 
-    carry = {"key": jax.random.PRNGKey(1), "actor": actor, "critic": critic, "buffer": buffer}
+    # The carry holds its metrics from the start: a carry that gains a key after the first
+    # call would retrace and recompile inside the first timed round.
+    carry = {"key": jax.random.PRNGKey(1), "actor": actor, "critic": critic, "buffer": buffer,
+             "metrics": m.Metrics.create(names)}  # fmt: skip
     return {"impl": "CORL rebrac (JAX)", "batch": batch_size, "nets": "256x256x256",
             "run": jax.jit(run), "state": carry}  # fmt: skip
 

@@ -41,7 +41,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mpcdwm.agents import TrainAgentConfig, train_agent
 from mpcdwm.agents.presets import agent_config
@@ -56,7 +55,7 @@ from mpcdwm.rollout import policy_decider, run_episodes
 from mpcdwm.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_agents import _git_commit, _load_corl  # noqa: E402
+from bench_agents import _git_commit, _load_corl, corl_train_states, corl_updates  # noqa: E402
 
 CURVE_SEED = TrainAgentConfig().eval_seed
 RESULTS = Path(__file__).resolve().parent / "results" / "rebrac_parity"
@@ -70,42 +69,9 @@ CORL_KEYS = {  # CORL's batch keys <- mpcdwm's
 }
 
 
-def corl_train_state(m: Any, config: Any, key: jax.Array, obs_dim: int, act_dim: int) -> dict:
-    """CORL's actor and critic train states, built as its ``main`` builds them."""
-    actor_key, critic_key = jax.random.split(key)
-    obs, act = jnp.zeros((1, obs_dim)), jnp.zeros((1, act_dim))
-    n_hidden = len(config.hidden_dims)
-    width = config.hidden_dims[0]
-    actor_net = m.DetActor(act_dim, width, config.actor_layer_norm, n_hidden)
-    critic_net = m.EnsembleCritic(width, 2, config.critic_layer_norm, n_hidden)
-    # CORL initializes each target with the same key as its online net (equal weights).
-    actor = m.ActorTrainState.create(
-        apply_fn=actor_net.apply,
-        params=actor_net.init(actor_key, obs),
-        target_params=actor_net.init(actor_key, obs),
-        tx=optax.adam(config.actor_lr),
-    )
-    critic = m.CriticTrainState.create(
-        apply_fn=critic_net.apply,
-        params=critic_net.init(critic_key, obs, act),
-        target_params=critic_net.init(critic_key, obs, act),
-        tx=optax.adam(config.critic_lr),
-    )
-    return {"actor": actor, "critic": critic, "step": jnp.zeros((), jnp.int32)}
-
-
 def corl_update(m: Any, config: Any):
     """``(state, batch, key) -> (state, metrics)`` running CORL's update functions."""
-    hyper = dict(
-        gamma=config.gamma,
-        actor_bc_coef=config.actor_bc_coef,
-        critic_bc_coef=config.critic_bc_coef,
-        tau=config.tau,
-        policy_noise=config.policy_noise,
-        noise_clip=config.noise_clip,
-    )
-    full = functools.partial(m.update_td3, normalize_q=config.normalize_q, **hyper)
-    critic_only = functools.partial(m.update_td3_no_targets, **hyper)
+    full, critic_only = corl_updates(m, config)
     names = ["critic_loss", "q_min", "actor_loss", "bc_mse_policy", "bc_mse_random", "action_mse"]
 
     def update(state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
@@ -140,8 +106,12 @@ def train_corl(m: Any, args: argparse.Namespace, seed: int, out: Path) -> tuple[
     config = agent_config(_ours_config(args, seed, out), dataset.name)
     data, transform = prepare_data(config, dataset, low, high)
     init_key, fit_key = jax.random.split(jax.random.key(seed))
-    state = corl_train_state(m, config, init_key, dataset.obs_dim, dataset.act_dim)
-    apply_actor = state["actor"].apply_fn
+    actor, critic = corl_train_states(
+        m, init_key, dataset.obs_dim, dataset.act_dim, config.hidden_dims,
+        config.actor_layer_norm, config.critic_layer_norm, config.actor_lr, config.critic_lr,
+    )  # fmt: skip
+    state = {"actor": actor, "critic": critic, "step": jnp.zeros((), jnp.int32)}
+    apply_actor = actor.apply_fn
     mid, half = jnp.asarray(transform.act_mid), jnp.asarray(transform.act_half)
 
     def act(params: Any, obs: jax.Array) -> jax.Array:
