@@ -121,6 +121,21 @@ def _load_corl(path: str) -> types.ModuleType:
     return module
 
 
+CORL_KEYS = {  # CORL's batch keys <- mpcdwm's
+    "states": "observations",
+    "actions": "actions",
+    "rewards": "rewards",
+    "next_states": "next_observations",
+    "next_actions": "next_actions",
+    "dones": "dones",
+}
+
+
+def corl_batch(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """mpcdwm's batch (or whole dataset) under the keys CORL's ReBRAC reads."""
+    return {corl: batch[ours] for corl, ours in CORL_KEYS.items()}
+
+
 def corl_train_states(
     m: types.ModuleType,
     key: jax.Array,
@@ -175,16 +190,7 @@ def bench_corl(path: str, batch_size: int, chunk: int, data) -> dict:
     """CORL's ReBRAC update functions, driven like its training loop (fori_loop + cond)."""
     m = _load_corl(path)
     cfg = m.Config(dataset_name="hopper-medium-v2", batch_size=batch_size)
-    buffer = m.ReplayBuffer(
-        data={
-            "states": data["observations"],
-            "actions": data["actions"],
-            "rewards": data["rewards"],
-            "next_states": data["next_observations"],
-            "next_actions": data["next_actions"],
-            "dones": data["dones"],
-        }
-    )
+    buffer = m.ReplayBuffer(data=corl_batch(data))
     actor, critic = corl_train_states(
         m, jax.random.PRNGKey(0), OBS_DIM, ACT_DIM, [cfg.hidden_dim] * cfg.actor_n_hiddens,
         cfg.actor_ln, cfg.critic_ln, cfg.actor_learning_rate, cfg.critic_learning_rate,

@@ -46,8 +46,7 @@ from mpcdwm.agents import TrainAgentConfig, train_agent
 from mpcdwm.agents.presets import agent_config
 from mpcdwm.agents.trained import load_agent
 from mpcdwm.agents.transform import prepare_data
-from mpcdwm.checkpoint import CheckpointError, load_checkpoint
-from mpcdwm.data import load_dataset
+from mpcdwm.data import Dataset, load_dataset
 from mpcdwm.envs import make_env
 from mpcdwm.evaluate import episode_seed
 from mpcdwm.report import mean_estimate, paired_gain
@@ -55,18 +54,17 @@ from mpcdwm.rollout import policy_decider, run_episodes
 from mpcdwm.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_agents import _git_commit, _load_corl, corl_train_states, corl_updates  # noqa: E402
+from bench_agents import (  # noqa: E402
+    _git_commit,
+    _load_corl,
+    corl_batch,
+    corl_train_states,
+    corl_updates,
+)
+from train_agents import finished  # noqa: E402
 
 CURVE_SEED = TrainAgentConfig().eval_seed
 RESULTS = Path(__file__).resolve().parent / "results" / "rebrac_parity"
-CORL_KEYS = {  # CORL's batch keys <- mpcdwm's
-    "states": "observations",
-    "actions": "actions",
-    "rewards": "rewards",
-    "next_states": "next_observations",
-    "next_actions": "next_actions",
-    "dones": "dones",
-}
 
 
 def corl_update(m: Any, config: Any):
@@ -79,7 +77,7 @@ def corl_update(m: Any, config: Any):
             key=key,
             actor=state["actor"],
             critic=state["critic"],
-            batch={corl: batch[ours] for corl, ours in CORL_KEYS.items()},
+            batch=corl_batch(batch),
             metrics=m.Metrics.create(names),
         )
         # As CORL's loop: the full update (actor + targets) on every policy_freq-th step.
@@ -97,9 +95,10 @@ def corl_update(m: Any, config: Any):
     return update
 
 
-def train_corl(m: Any, args: argparse.Namespace, seed: int, out: Path) -> tuple[Any, Any]:
-    """Train CORL's ReBRAC on the dataset (resumable); returns (actor params, apply_fn)."""
-    dataset = load_dataset(str(args.dataset))
+def train_corl(
+    m: Any, args: argparse.Namespace, dataset: Dataset, seed: int, out: Path
+) -> tuple[Any, Any]:
+    """Train CORL's ReBRAC on ``dataset`` (resumable); returns (actor params, act function)."""
     env = make_env(dataset.env_id)
     low, high = env.action_space.low, env.action_space.high
     env.close()
@@ -163,14 +162,6 @@ def _episodes(env_id: str, act: Any, params: Any, first: int, episodes: int) -> 
     return stats.returns
 
 
-def _finished(run: Path, steps: int) -> bool:
-    try:
-        _, meta = load_checkpoint(run / "checkpoint.ckpt")
-    except (FileNotFoundError, CheckpointError):
-        return False
-    return int(meta.get("step", 0)) >= steps
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", type=Path, help="a dataset folder made by `mpcdwm collect`")
@@ -195,7 +186,7 @@ def main() -> None:
         for impl in ("mpcdwm", "CORL"):
             run = args.out / args.dataset.name / impl / f"seed{seed}"
             record = results / impl / f"seed{seed}.json"
-            if record.exists() and _finished(run, args.steps):
+            if record.exists() and finished(run, args.steps):
                 saved = json.loads(record.read_text())
                 if saved["steps"] == args.steps and saved["episodes"] == args.episodes:
                     scores[impl][seed] = saved["scores"]
@@ -205,7 +196,7 @@ def main() -> None:
                 agent = load_agent(run)
                 act, params = agent.act, agent.actor_params
             else:
-                params, act = train_corl(m, args, seed, run)
+                params, act = train_corl(m, args, dataset, seed, run)
             # The episode seeds `mpcdwm evaluate --seed SEED` uses.
             returns = _episodes(dataset.env_id, act, params, episode_seed(seed, 0), args.episodes)
             score = dataset.normalized_score(np.asarray(returns)).tolist()

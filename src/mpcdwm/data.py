@@ -130,10 +130,15 @@ class Dataset:
         ends[-1] = True
         return ends
 
+    def episode_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, ends)``: the first and last row index of every episode, in data order."""
+        ends = np.flatnonzero(self.episode_ends)
+        return np.r_[0, ends[:-1] + 1], ends
+
     def episode_returns(self) -> np.ndarray:
         """Undiscounted return of every episode, in data order."""
-        ends = np.flatnonzero(self.episode_ends)
-        sums = np.add.reduceat(self.rewards.astype(np.float64), np.r_[0, ends[:-1] + 1])
+        starts, _ = self.episode_bounds()
+        sums = np.add.reduceat(self.rewards.astype(np.float64), starts)
         return sums.astype(np.float64)
 
     def normalized_score(self, returns: Any) -> np.ndarray:
@@ -154,8 +159,7 @@ class Dataset:
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Split by whole episodes into (train, validation)."""
-        ends = np.flatnonzero(self.episode_ends)
-        starts = np.r_[0, ends[:-1] + 1]
+        starts, ends = self.episode_bounds()
         order = np.random.default_rng(seed).permutation(len(starts))
         n_val = max(1, int(round(val_fraction * len(starts)))) if val_fraction > 0 else 0
         if n_val >= len(starts):
@@ -173,8 +177,7 @@ class Dataset:
         """``(count, length, obs_dim)`` runs of consecutive observations, each inside one
         episode: episodes drawn uniformly among those at least ``length`` long, then a
         uniform start within the episode."""
-        ends = np.flatnonzero(self.episode_ends)
-        starts = np.r_[0, ends[:-1] + 1]
+        starts, ends = self.episode_bounds()
         long_enough = np.flatnonzero(ends - starts + 1 >= length)
         if length < 1 or count < 1 or len(long_enough) == 0:
             raise DatasetError(
