@@ -152,6 +152,14 @@ def matmul_gflops(rows: int, dtype=jnp.float32, width: int = 256, repeats: int =
     return 2.0 * rows * width * width * repeats / float(np.median(times)) / 1e9
 
 
+def machine() -> str:
+    """The device the decisions ran on: the accelerator's name, else this CPU's cores and model."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return f"{device.device_kind} ({device.platform}), host {os.cpu_count()} CPU cores"
+    return f"{os.cpu_count()}-core CPU, {platform.processor() or platform.machine()}"
+
+
 def row(label: str, r: dict) -> str:
     return (
         f"| {label} | {r['median']:.2f} | {r['p95']:.2f} | {r['compile_s']:.1f} |"
@@ -178,6 +186,13 @@ def main() -> None:
     ap.add_argument(
         "--sections", nargs="+", choices=SECTIONS, default=[s for s in SECTIONS if s != "grid"]
     )
+    ap.add_argument(
+        "--rollouts",
+        type=int,
+        nargs="+",
+        default=[16, 64, 256, 1024],
+        help="M values of the amortized section (a GPU affords 4096 and more)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown section here")
     args = ap.parse_args()
 
@@ -189,8 +204,7 @@ def main() -> None:
     lines = [
         "## MPC decision latency (benchmarks/bench_mpc.py)",
         "",
-        f"- machine: 2-core CPU (this dev machine), {platform.processor() or platform.machine()}"
-        f", jax {jax.__version__} ({jax.default_backend()}), "
+        f"- machine: {machine()}, jax {jax.__version__} ({jax.default_backend()}), "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; CPU affinity "
         f"{sorted(os.sched_getaffinity(0))}; load average at start "
         f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min; 2 cores: above 1 "
@@ -225,7 +239,7 @@ def main() -> None:
             results[label] = measure(planner, cfg, agent, world5, args.decisions)
             emit(label, results[label])
 
-    amortized = {m: MPCConfig(preset="paper", num_rollouts=m) for m in (16, 64, 256, 1024)}
+    amortized = {m: MPCConfig(preset="paper", num_rollouts=m) for m in args.rollouts}
     if "amortized" in args.sections:
         lines += [
             "",
@@ -236,7 +250,7 @@ def main() -> None:
         ]
         meanflow = build_world("meanflow", flow_steps=1)
         runs = [("diffusion, 5 DDPM steps", world5, m, cfg) for m, cfg in amortized.items()]
-        runs += [("MeanFlow, 1 step", meanflow, m, amortized[m]) for m in (16, 64, 256)]
+        runs += [("MeanFlow, 1 step", meanflow, m, amortized[m]) for m in args.rollouts]
         for label, world, m, cfg in runs:
             r = measure("mpc", cfg, agent, world, max(20, args.decisions // max(1, m // 64)))
             if world is world5:
@@ -249,7 +263,7 @@ def main() -> None:
 
     throughput: dict[tuple[int, str], float] = {}
     if "floor" in args.sections or "bf16" in args.sections:
-        for rows in (16, 64, 256, 1024):
+        for rows in sorted({16, 64, 256, 1024, *args.rollouts}):
             throughput[rows, "f32"] = matmul_gflops(rows, jnp.float32)
             if "bf16" in args.sections:
                 throughput[rows, "bf16"] = matmul_gflops(rows, jnp.bfloat16)

@@ -221,15 +221,21 @@ def _real_observations(n: int = 30):
     return out
 
 
+def assert_same_action(planned, base) -> None:
+    """Equal to float32 rounding: bitwise on CPU; a GPU may fuse the actor differently inside the
+    planner's program than alone and differ in the last bit (seen on an H200)."""
+    np.testing.assert_allclose(planned, np.asarray(base), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_zero_learning_rate_reproduces_base_actions_exactly(pendulum, optimizer):
+def test_zero_learning_rate_reproduces_base_actions(pendulum, optimizer):
     agent, world = pendulum
     cfg = dataclasses.replace(SMALL, lr=0.0, optimizer=optimizer)
     mpc = make_planner("mpc", cfg, agent, world)
     act = jax.jit(agent.act)
     for obs in _real_observations(10):
         a, diag = mpc(obs)
-        np.testing.assert_array_equal(a, np.asarray(act(agent.actor_params, obs)))
+        assert_same_action(a, act(agent.actor_params, obs))
         assert diag["action_change"] == 0.0 and diag["fallback"] == 0.0
         assert diag["imagined_return_after"] == pytest.approx(diag["imagined_return_before"])
 
@@ -244,7 +250,7 @@ def test_injected_nan_falls_back_to_pretrained_action(pendulum, name):
     for obs in _real_observations(3):
         a, diag = planner(obs)
         assert diag["fallback"] == 1.0, diag
-        np.testing.assert_array_equal(a, np.asarray(act(agent.actor_params, obs)))
+        assert_same_action(a, act(agent.actor_params, obs))
 
 
 @pytest.mark.parametrize("name", ["none", "mpc", "action-grad", "mppi", "dream-mpc"])
