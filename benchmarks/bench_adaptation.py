@@ -18,6 +18,9 @@ gain pairs episode by episode with the base. Methods (``--methods``):
   imagined termination (where the env has one);
 * ``guarded-x``: ``guarded`` whose validation is judged by an independently trained world
   model (seed ``k + 1`` mod 3: errors exploited in one model rarely repeat in another);
+* ``ensemble``: ``paper`` plus the transition-ensemble disagreement penalty
+  (``--mpc.ensemble-penalty`` = ``--ensemble-penalty``) against the world models of the two
+  other seeds (``k + 1``, ``k + 2`` mod 3), subtracted along the imagined path;
 * ``reference``: MPCwDWM at the library's plain defaults (Adam, E=5, M=16, H=5), the
   expensive path of the score-vs-latency frontier;
 * ``action-grad`` / ``dream-mpc``: the action-sequence gradient planner and its Dream-MPC
@@ -70,14 +73,17 @@ METHODS = (
     "placebo",
     "guarded",
     "guarded-x",
+    "ensemble",
     "reference",
     "action-grad",
     "dream-mpc",
 )
-WITH_LR = ("paper", "placebo", "guarded", "guarded-x")
+WITH_LR = ("paper", "placebo", "guarded", "guarded-x", "ensemble")
 
 
-def method_config(method: str, paper: MPCConfig) -> tuple[str, MPCConfig]:
+def method_config(
+    method: str, paper: MPCConfig, ensemble_penalty: float = 1.0
+) -> tuple[str, MPCConfig]:
     """(planner name, MPCConfig) of one method; ``paper`` is the resolved paper setting."""
     if method == "base":
         return "none", paper
@@ -87,6 +93,8 @@ def method_config(method: str, paper: MPCConfig) -> tuple[str, MPCConfig]:
         return "mpc", dataclasses.replace(paper, update="placebo")
     if method in ("guarded", "guarded-x"):
         return "mpc", dataclasses.replace(paper, validate=True, termination="rule")
+    if method == "ensemble":
+        return "mpc", dataclasses.replace(paper, ensemble_penalty=ensemble_penalty)
     if method == "reference":
         return "mpc", MPCConfig()
     if method in ("action-grad", "dream-mpc"):
@@ -112,7 +120,11 @@ def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
     if not eval_json.exists():
         return False
     data = json.loads(eval_json.read_text())
-    same_mpc = data.get("mpc") == json.loads(json.dumps(dataclasses.asdict(resolve(cfg.mpc))))
+    current = json.loads(json.dumps(dataclasses.asdict(resolve(cfg.mpc))))
+    default = json.loads(json.dumps(dataclasses.asdict(MPCConfig())))
+    # A field added to MPCConfig after a file was written ran at its default then.
+    stored = data.get("mpc") or {}
+    same_mpc = all(stored.get(k, default[k]) == v for k, v in current.items())
     # The base policy does not plan: its settings are not part of what it did.
     same_mpc |= cfg.planner == ("none",)
     # A retrained agent or world model (another checkpoint digest) makes it stale too.
@@ -128,6 +140,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS)
     p.add_argument("--num-rollouts", type=int, default=64, help="M of paper/placebo/guarded")
     p.add_argument("--lr", default="auto", help="step size, or 'auto' (no real returns)")
+    p.add_argument(
+        "--ensemble-penalty", type=float, default=1.0, help="weight of the ensemble method"
+    )
     p.add_argument("--agents", type=Path, default=CACHE / "agents_d4rl")
     p.add_argument("--world-models", type=Path, default=CACHE / "wm_d4rl")
     p.add_argument("--out", type=Path, default=CACHE / "adaptation")
@@ -165,18 +180,24 @@ def main() -> None:
             lr = float(args.lr)
         paper = dataclasses.replace(paper, lr=lr)
         for method in args.methods:
-            planner, mpc = method_config(method, paper)
+            planner, mpc = method_config(method, paper, args.ensemble_penalty)
             # One folder per step size, so several can be compared on the same episodes.
             folder = f"{method}-lr{lr:g}" if method in WITH_LR else method
             if method in WITH_LR and args.num_rollouts != 64:
                 folder += f"-M{args.num_rollouts}"
-            judge = None
+            judge, members = None, ()
             if method == "guarded-x":
                 judge = args.world_models / name / "diffusion" / f"seed{(seed + 1) % 3}"
+            if method == "ensemble":
+                folder += f"-x{args.ensemble_penalty:g}"
+                members = tuple(
+                    args.world_models / name / "diffusion" / f"seed{(seed + k) % 3}" for k in (1, 2)
+                )
             cfg = EvaluateConfig(
                 agent=agent_run,
                 world_model=None if planner == "none" else wm_run,
                 validation_world_model=judge,
+                ensemble_world_models=members,
                 planner=(planner,),
                 episodes=args.episodes,
                 seed=seed,

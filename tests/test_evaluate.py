@@ -67,9 +67,10 @@ def test_eval_json_layout(cfg, result):
         "mpc",
         "world_model",
         "validation_world_model",
+        "ensemble_world_models",
         "planners",
     }
-    assert data["validation_world_model"] is None
+    assert data["validation_world_model"] is None and data["ensemble_world_models"] == []
     assert data["env_id"] == "InvertedPendulum-v5" and data["seed"] == 7
     assert data["dataset_path"].endswith("pendulum-noisy.hdf5")  # absolute: tells ids apart
     assert Path(data["dataset_path"]).is_absolute()
@@ -161,26 +162,41 @@ def test_error_cases(cfg, runs, tmp_path):
         evaluate(dataclasses.replace(cfg, episodes=0, out=tmp_path))
     with pytest.raises(ValueError, match="validate"):  # a judge without the validated step
         evaluate(dataclasses.replace(cfg, validation_world_model=runs[1], out=tmp_path))
+    with pytest.raises(ValueError, match="ensemble-penalty > 0"):  # members without the penalty
+        evaluate(dataclasses.replace(cfg, ensemble_world_models=(runs[1],), out=tmp_path))
+    with pytest.raises(ValueError, match="--ensemble-world-models"):  # the penalty without them
+        evaluate(dataclasses.replace(cfg, mpc=MPCConfig(ensemble_penalty=1.0), out=tmp_path))
     assert not (tmp_path / "eval.json").exists()
 
 
-def test_validation_world_model_is_recorded_and_labels_the_method(cfg, runs, tmp_path):
+def test_validation_and_ensemble_world_models_are_recorded_and_label_the_method(
+    cfg, runs, tmp_path
+):
+    from mpcdwm.pipeline import evaluation_is_current
     from mpcdwm.report import load_results
 
-    validated = dataclasses.replace(
+    guarded = dataclasses.replace(
         cfg,
         planner=("mpc",),
         episodes=1,
         max_steps=5,
-        mpc=dataclasses.replace(SMALL, validate=True),
+        mpc=dataclasses.replace(SMALL, validate=True, ensemble_penalty=1.0),
         validation_world_model=runs[1],
+        ensemble_world_models=(runs[1],),
         out=tmp_path,
     )
-    data = json.loads(evaluate(validated).read_text())
+    data = json.loads(evaluate(guarded).read_text())
     assert data["validation_world_model"]["path"].endswith("checkpoint.ckpt")
+    (member,) = data["ensemble_world_models"]
+    assert member["path"].endswith("checkpoint.ckpt") and member["digest"]
     assert len(data["planners"]["mpc"]["returns"]) == 1
     (res,) = load_results(tmp_path / "eval.json")
-    assert res.method.knob_dict()["validated_by"] == "another world model"
+    knobs = res.method.knob_dict()
+    assert knobs["validated_by"] == "another world model" and knobs["ensemble_members"] == 2
+    # The ensemble is part of what an evaluation was made with.
+    assert evaluation_is_current(tmp_path / "eval.json", guarded)
+    fewer = dataclasses.replace(guarded, ensemble_world_models=())
+    assert not evaluation_is_current(tmp_path / "eval.json", fewer)
 
 
 def test_agent_and_world_model_for_different_envs(cfg, tmp_path):

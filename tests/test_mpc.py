@@ -104,8 +104,10 @@ def test_surrogate_gradient_matches_finite_differences(terminal_action):
     critic (fed the adapted or the frozen pretrained policy's action), matches central FD."""
     with jax.enable_x64(True):
         agent, world = _point(kernel=(0.3, -0.2), dtype=jnp.float64)
-        cfg = MPCConfig(horizon=4, num_rollouts=3, uncertainty_penalty=0.1)
-        imagine = make_imagine(cfg, agent, world)
+        cfg = MPCConfig(horizon=4, num_rollouts=3, uncertainty_penalty=0.1, ensemble_penalty=0.5)
+        # A second transition model whose dynamics differ: its disagreement carries gradient.
+        member = dataclasses.replace(world, params={"gain": jnp.asarray(1.7, jnp.float64)})
+        imagine = make_imagine(cfg, agent, world, ensemble=[member])
         s0 = jnp.asarray([0.7, -0.3], jnp.float64)
         noise = jnp.zeros((3, 4, 2), jnp.float64)
 
@@ -120,12 +122,13 @@ def test_surrogate_gradient_matches_finite_differences(terminal_action):
             psi = params(flat)
             ret, aux = imagine(
                 lambda s: agent.act(psi, s),
-                {"world": world.params, "critic": agent.critic_params},
+                {"world": world.params, "critic": agent.critic_params, "ensemble": [member.params]},
                 s0,
                 noise,
                 None,
                 terminal,
             )
+            assert aux["penalty"].shape == (3,)
             return ret.mean() - aux["penalty"].mean()
 
         x = jnp.asarray([0.3, -0.2, 0.1], jnp.float64)

@@ -1,5 +1,6 @@
 """Guards of the adaptation (mpcdwm.mpc): the paper preset, the placebo control, the validated
-step, and imagined termination from the env's own health rule (mpcdwm.envs.health_rule)."""
+step, the transition-ensemble disagreement penalty, and imagined termination from the env's own
+health rule (mpcdwm.envs.health_rule)."""
 
 from __future__ import annotations
 
@@ -146,6 +147,34 @@ def test_an_independent_world_model_can_veto_the_validated_step():
     other = dataclasses.replace(world, params={"gain": jnp.ones(3, jnp.float32)})
     with pytest.raises(ValueError, match="network sizes"):
         make_planner("mpc", cfg, agent, world, validation_world=other)
+
+
+def test_ensemble_penalty_keeps_the_adaptation_where_the_models_agree():
+    """Two point-mass models that agree at rest but not on the force's gain: their
+    disagreement grows with |a|. Weighted in, it shrinks the adapted action; a member identical
+    to the planning model disagrees nowhere and changes nothing."""
+    agent, world = _point()
+    s = np.asarray([1.0, 0.0], np.float32)
+    cfg = MPCConfig(adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, diagnostics=True)
+    a_plain, d_plain = make_planner("mpc", cfg, agent, world)(s)
+    penalized = dataclasses.replace(cfg, ensemble_penalty=20.0)
+    twin = dataclasses.replace(world, params={"gain": jnp.asarray(1.0, jnp.float32)})
+    a_twin, _ = make_planner("mpc", penalized, agent, world, ensemble=[twin])(s)
+    np.testing.assert_allclose(a_twin, a_plain, atol=1e-6)
+    unsure = dataclasses.replace(world, params={"gain": jnp.asarray(3.0, jnp.float32)})
+    a_unsure, d_unsure = make_planner("mpc", penalized, agent, world, ensemble=[unsure])(s)
+    assert np.abs(a_unsure).sum() < 0.8 * np.abs(a_plain).sum(), (a_unsure, a_plain)
+    # The gradient still improves the imagined return: the penalty trims the step, not its sign.
+    assert np.sign(a_unsure[0]) == np.sign(a_plain[0])
+    with pytest.raises(ValueError, match="ensemble-penalty > 0"):
+        make_planner("mpc", cfg, agent, world, ensemble=[unsure])
+    with pytest.raises(ValueError, match="--ensemble-world-models"):
+        make_planner("mpc", penalized, agent, world)
+    other = dataclasses.replace(world, params={"gain": jnp.ones(3, jnp.float32)})
+    with pytest.raises(ValueError, match="ensemble world model .*network sizes"):
+        make_planner("action-grad", penalized, agent, world, ensemble=[other])
+    # The base policy imagines nothing: an ensemble passed along is ignored.
+    make_planner("none", penalized, agent, world, ensemble=[other])
 
 
 def _random_states(env, n: int, rng: np.random.Generator):

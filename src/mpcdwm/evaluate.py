@@ -43,7 +43,7 @@ from mpcdwm.agents import TrainedAgent, load_agent
 from mpcdwm.checkpoint import checkpoint_digest, checkpoint_file
 from mpcdwm.envs import health_rule, make_env
 from mpcdwm.files import ensure_writable_dir
-from mpcdwm.mpc import PLANNERS, MPCConfig, make_planner, resolve, validate_config
+from mpcdwm.mpc import PLANNERS, MPCConfig, check_ensemble, make_planner, resolve, validate_config
 from mpcdwm.rollout import run_episodes
 from mpcdwm.world import load_world_model
 
@@ -59,6 +59,10 @@ class EvaluateConfig:
     validation_world_model: Path | None = None
     """With ``--mpc.validate``: an independently trained world model (same settings, another
     seed) that judges the validated step instead of the planning model (mpc only)."""
+    ensemble_world_models: tuple[Path, ...] = ()
+    """With ``--mpc.ensemble-penalty``: independently trained world models (the planning
+    model's settings, other seeds) whose disagreement with it is penalized along the imagined
+    path (every planner but none)."""
     planner: tuple[str, ...] = ("none", "mpc")
     """Methods to evaluate: none (base policy), mpc (MPCwDWM), action-grad, mppi."""
     episodes: int = 10
@@ -194,6 +198,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 "--mpc.validate and --world-model."
             )
         validation_world = load_world_model(cfg.validation_world_model, env_id=agent.env_id)
+    if cfg.ensemble_world_models and world is None:
+        raise ValueError("--ensemble-world-models needs --world-model (the planning model).")
+    ensemble = [load_world_model(d, env_id=agent.env_id) for d in cfg.ensemble_world_models]
     console = Console(stderr=True)
     agent_record = {
         "kind": agent.meta.get("agent"),
@@ -209,6 +216,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             "Re-run its training command to finish it."
         )
     mpc_cfg = resolve(cfg.mpc)
+    for name in cfg.planner:  # before any episode runs
+        check_ensemble(mpc_cfg, name, world, ensemble)
     health = None
     if mpc_cfg.termination != "learned" and any(p != "none" for p in cfg.planner):
         env = make_env(agent.env_id)
@@ -255,6 +264,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 seed=cfg.seed,
                 health=health,
                 validation_world=validation_world if name == "mpc" else None,
+                ensemble=ensemble,
             )
             task = progress.add_task(f"{name:>11}", total=cfg.episodes, info="compiling")
             trace: dict[str, list[float]] = {
@@ -348,6 +358,10 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         "validation_world_model": None
         if validation_world is None
         else checkpoint_record(cfg.validation_world_model, validation_world.meta),
+        "ensemble_world_models": [
+            checkpoint_record(d, m.meta)
+            for d, m in zip(cfg.ensemble_world_models, ensemble, strict=True)
+        ],
         "planners": results,
     }
     cfg.out.mkdir(parents=True, exist_ok=True)

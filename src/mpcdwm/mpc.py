@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 import jax
@@ -84,6 +84,15 @@ class MPCConfig:
     visited imagined states; 0 = off."""
     uncertainty_penalty: float = 0.0
     """Weight of the reward-ensemble disagreement subtracted from imagined rewards; 0 = off."""
+    ensemble_penalty: float = 0.0
+    """Weight of the transition ensemble's disagreement subtracted along the imagined path
+    (epistemic uncertainty that carries gradient, as in MOPO / MOBILE; beyond the paper). At
+    every imagined step the planning world model and the ensemble's other members
+    (independently trained world models of the same data: ``make_planner(..., ensemble=)``,
+    ``mpcdwm evaluate --ensemble-world-models``) each predict ``s'`` from the same
+    ``(s, a, noise)``; the disagreement is the std over members in units of the planning
+    model's observation std, averaged over dimensions (0 where the members agree), discounted
+    and summed like a reward. The path itself follows the planning model. 0 = off."""
     reward_ensemble: bool = False
     """Imagined rewards from the mean of every reward-ensemble member (True) or from the
     first member alone (default: the ensemble exists for its disagreement; at 5 members it
@@ -259,7 +268,15 @@ def validate_config(cfg: MPCConfig) -> None:
         if getattr(cfg, name) < 1:
             flag = name.replace("_", "-")
             raise ValueError(f"--mpc.{flag} must be >= 1, got {getattr(cfg, name)}.")
-    for name in ("lr", "trust_region", "uncertainty_penalty", "max_grad_norm", "action_lr"):
+    nonnegative = (
+        "lr",
+        "trust_region",
+        "uncertainty_penalty",
+        "ensemble_penalty",
+        "max_grad_norm",
+        "action_lr",
+    )
+    for name in nonnegative:
         value = getattr(cfg, name)
         if not np.isfinite(value) or value < 0:
             flag = name.replace("_", "-")
@@ -382,7 +399,11 @@ def make_done_fn(cfg: MPCConfig, world: WorldLike, health: HealthLike | None) ->
 
 
 def make_imagine(
-    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike,
+    health: HealthLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """``imagine(act_fn, models, s0, noise, seq=None, terminal_fn=None) -> (returns (M,), aux)``.
 
@@ -391,12 +412,20 @@ def make_imagine(
     sequence ``seq (M, H, act_dim)`` (raw units) is given. ``terminal_fn`` (default
     ``act_fn``) gives the terminal critic's action instead. ``noise (M, H, *noise_shape)``.
     ``aux``: per-rollout ``states (M, H + 1, obs_dim)``, ``actions (M, H + 1, act_dim)``
-    and ``penalty (M,)`` (uncertainty-weighted disagreement sum). Rollouts are vmapped
-    over M so every network call is one batched matmul. ``health``: the env's health rule,
-    used when ``cfg.termination`` asks for it (:func:`make_done_fn`).
+    and ``penalty (M,)`` (the discounted sum of the weighted reward-ensemble and
+    transition-ensemble disagreements). Rollouts are vmapped over M so every network call is
+    one batched matmul. ``health``: the env's health rule, used when ``cfg.termination`` asks
+    for it (:func:`make_done_fn`). ``ensemble``: the other transition models whose
+    disagreement ``cfg.ensemble_penalty`` weighs (their weights arrive as
+    ``models["ensemble"]``, in the same order).
     """
     gamma = float(agent.gamma if cfg.gamma is None else cfg.gamma)
     lam = float(cfg.uncertainty_penalty)
+    lam_x = float(cfg.ensemble_penalty)
+    others = tuple(ensemble) if lam_x > 0 else ()
+    # Disagreement in the planning model's normalised units, so one weight fits every
+    # observation dimension (stand-in worlds without normalisation constants: raw units).
+    obs_scale = getattr(world, "obs_scale", 1.0)
     done_fn = make_done_fn(cfg, world, health)
     members = None if (cfg.reward_ensemble or lam > 0) else 1
 
@@ -409,8 +438,18 @@ def make_imagine(
             a = act_fn(s) if a_seq is None else a_seq
             r = world.reward(wp, s, a, members)
             if lam > 0:  # static: no disagreement network work when the penalty is off
-                pen = pen + disc * alive * world.reward_disagreement(wp, s, a)
+                pen = pen + lam * disc * alive * world.reward_disagreement(wp, s, a)
             s_next = world.next_state(wp, s, a, noise_h)
+            if others:  # static, like lam: no extra models run when the penalty is off
+                # Same noise for every member: members that learned the same dynamics map it
+                # to the same s', so what differs is what the data did not pin down.
+                preds = [s_next] + [
+                    m.next_state(p, s, a, noise_h)
+                    for m, p in zip(others, models["ensemble"], strict=True)
+                ]
+                # sqrt(var + tiny), not std: std's gradient is NaN where members agree exactly.
+                spread = jnp.sqrt(jnp.var(jnp.stack(preds), axis=0) + 1e-12) / obs_scale
+                pen = pen + lam_x * disc * alive * spread.mean(-1)
             d = done_fn(wp, s, a, s_next)
             ret = ret + disc * alive * r
             return (s_next, alive * (1.0 - d), disc * gamma, ret, pen), (s, a)
@@ -424,7 +463,7 @@ def make_imagine(
         ret = ret + disc * alive * agent.critic(models["critic"], s_h, a_h)
         states = jnp.concatenate([states, s_h[None]], 0)
         actions = jnp.concatenate([actions, a_h[None]], 0)
-        return ret, {"states": states, "actions": actions, "penalty": lam * pen}
+        return ret, {"states": states, "actions": actions, "penalty": pen}
 
     def imagine(act_fn: Callable, models: dict, s0, noise, seq=None, terminal_fn=None):
         axes = (None, None, None, None, 0, None if seq is None else 0)
@@ -443,6 +482,7 @@ def make_mpc_step(
     world: WorldLike,
     health: HealthLike | None = None,
     validation_world: WorldLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """The MPCwDWM decision as one jitted function (see the module docstring).
 
@@ -455,7 +495,7 @@ def make_mpc_step(
     cfg = resolve(cfg)
     validate_config(cfg)
     low, high, _, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health)
+    imagine = make_imagine(cfg, agent, world, health, ensemble)
     # The validated step's judge: an independently trained world model when one is given
     # (its own normalisation constants; its weights arrive as models["validation_world"]).
     if validation_world is None:
@@ -589,9 +629,10 @@ def make_none_step(
     agent: AgentLike,
     world: WorldLike | None = None,
     health: HealthLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """The base policy with the planners' signature (no thinking; same diagnostics keys)."""
-    del world, health
+    del world, health, ensemble
     validate_config(cfg)
     low, high, _, _ = _action_bounds(agent)
 
@@ -608,7 +649,11 @@ def make_none_step(
 
 
 def make_action_grad_step(
-    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike,
+    health: HealthLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """Gradient ascent on one open-loop action sequence ``(H, act_dim)`` (same E, M, H).
 
@@ -619,7 +664,7 @@ def make_action_grad_step(
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health)
+    imagine = make_imagine(cfg, agent, world, health, ensemble)
     tx = optax.adam(cfg.action_lr)
     H, M = cfg.horizon, cfg.num_rollouts
 
@@ -669,7 +714,11 @@ def make_action_grad_step(
 
 
 def make_mppi_step(
-    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike,
+    health: HealthLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """TD-MPC-style MPPI on the same world model, reward model and terminal critic.
 
@@ -683,7 +732,7 @@ def make_mppi_step(
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health)
+    imagine = make_imagine(cfg, agent, world, health, ensemble)
     H, N, P, K = cfg.horizon, cfg.mppi_samples, cfg.mppi_policy_samples, cfg.mppi_elites
     act_dim = int(mid.shape[0])
 
@@ -746,7 +795,11 @@ def make_mppi_step(
 
 
 def make_dream_step(
-    cfg: MPCConfig, agent: AgentLike, world: WorldLike, health: HealthLike | None = None
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike,
+    health: HealthLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """Dream-MPC: refine a few candidate action sequences by gradient ascent and execute the
     best one's first action (see the module docstring).
@@ -755,12 +808,13 @@ def make_dream_step(
     policy rollouts (their actions) and ``carry["plan"]``, the previous decision's best
     sequence shifted by one step (ignored at an episode's first decision). Each gets
     ``adapt_steps`` Adam steps (``action_lr``) on the same M fixed-noise rollouts and terminal
-    critic as ``action-grad``; they are ranked by imagined return minus
-    ``uncertainty_penalty`` times the reward ensemble's disagreement.
+    critic as ``action-grad``; they are ranked by imagined return minus the weighted
+    disagreements (``uncertainty_penalty``: the reward ensemble's; ``ensemble_penalty``: the
+    transition ensemble's).
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health)
+    imagine = make_imagine(cfg, agent, world, health, ensemble)
     tx = optax.adam(cfg.action_lr)
     H, M, C = cfg.horizon, cfg.num_rollouts, cfg.dream_candidates
 
@@ -829,10 +883,13 @@ def make_step(
     world: WorldLike | None,
     health: HealthLike | None = None,
     validation_world: WorldLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """The jitted decision function of planner ``name`` (see the module docstring);
     ``health``: the env's health rule for ``cfg.termination`` (rule / smooth-rule);
-    ``validation_world``: the validated mpc step's judge (:func:`check_validation_world`)."""
+    ``validation_world``: the validated mpc step's judge (:func:`check_validation_world`);
+    ``ensemble``: the other transition models of ``cfg.ensemble_penalty``
+    (:func:`check_ensemble`)."""
     if name not in STEP_FACTORIES:
         raise ValueError(f"unknown planner {name!r}; choose from {list(PLANNERS)}.")
     if name != "none" and world is None:
@@ -840,9 +897,9 @@ def make_step(
             f"planner {name!r} needs a world model; pass --world-model DIR "
             "(train one with `mpcdwm train-world-model`) or use --planner none."
         )
-    if validation_world is not None:
-        return make_mpc_step(resolve(cfg), agent, world, health, validation_world)
-    return STEP_FACTORIES[name](resolve(cfg), agent, world, health)
+    if name == "mpc":
+        return make_mpc_step(resolve(cfg), agent, world, health, validation_world, ensemble)
+    return STEP_FACTORIES[name](resolve(cfg), agent, world, health, ensemble)
 
 
 class Planner:
@@ -864,16 +921,20 @@ class Planner:
         seed: int = 0,
         health: HealthLike | None = None,
         validation_world: WorldLike | None = None,
+        ensemble: Sequence[WorldLike] = (),
     ) -> None:
         cfg = resolve(cfg)
         self.name, self.cfg, self.agent, self.seed = name, cfg, agent, seed
         check_validation_world(cfg, name, world, validation_world)
-        step = make_step(name, cfg, agent, world, health, validation_world)
+        ensemble = () if name == "none" else tuple(ensemble)  # the base policy imagines nothing
+        check_ensemble(cfg, name, world, ensemble)
+        step = make_step(name, cfg, agent, world, health, validation_world, ensemble)
         self.psi0 = agent.actor_params
         self.models = {
             "world": None if world is None else world.params,
             "critic": agent.critic_params,
             "validation_world": None if validation_world is None else validation_world.params,
+            "ensemble": tuple(m.params for m in ensemble),
         }
         warm = cfg.warm_start and name == "mpc"
 
@@ -1013,13 +1074,38 @@ def check_validation_world(
         )
     if world is None:
         raise ValueError("a validation world model needs the planning world model too.")
-    shapes = [jax.tree_util.tree_map(jnp.shape, w.params) for w in (world, validation_world)]
-    kinds = [getattr(w, "kind", None) for w in (world, validation_world)]
-    if kinds[0] != kinds[1] or shapes[0] != shapes[1]:
+    _check_same_model(world, validation_world, "validation world model")
+
+
+def check_ensemble(
+    cfg: MPCConfig, name: str, world: WorldLike | None, ensemble: Sequence[WorldLike]
+) -> None:
+    """Ensemble members go with ``cfg.ensemble_penalty > 0`` (and it with them), and each is a
+    model of the same kind and sizes as ``world`` (trained with another seed)."""
+    if name == "none":
+        return
+    if ensemble and cfg.ensemble_penalty <= 0:
         raise ValueError(
-            f"the validation world model ({kinds[1]}) differs from the planning one "
-            f"({kinds[0]}) in kind or network sizes; train it with the same settings and "
-            "another --seed."
+            "ensemble world models are used only by the disagreement penalty: set "
+            "--mpc.ensemble-penalty > 0, or drop --ensemble-world-models."
+        )
+    if cfg.ensemble_penalty > 0 and not ensemble:
+        raise ValueError(
+            "--mpc.ensemble-penalty needs other world models to disagree with: pass "
+            "--ensemble-world-models DIR [DIR ...] (the planning model's settings trained "
+            "with other seeds)."
+        )
+    for member in ensemble:
+        _check_same_model(world, member, "ensemble world model")
+
+
+def _check_same_model(world: WorldLike | None, other: WorldLike, role: str) -> None:
+    shapes = [jax.tree_util.tree_map(jnp.shape, w.params) for w in (world, other)]
+    kinds = [getattr(w, "kind", None) for w in (world, other)]
+    if kinds[0] != kinds[1] or shapes[0] != shapes[1] or world.noise_shape != other.noise_shape:
+        raise ValueError(
+            f"the {role} ({kinds[1]}) differs from the planning one ({kinds[0]}) in kind or "
+            "network sizes; train it with the same settings and another --seed."
         )
 
 
@@ -1031,7 +1117,10 @@ def make_planner(
     seed: int = 0,
     health: HealthLike | None = None,
     validation_world: WorldLike | None = None,
+    ensemble: Sequence[WorldLike] = (),
 ) -> Planner:
     """Build the :class:`Planner` (a Decider with ``reset``) for ``name``; ``validation_world``:
-    an independently trained world model that judges the validated step (``cfg.validate``)."""
-    return Planner(name, cfg, agent, world, seed, health, validation_world)
+    an independently trained world model that judges the validated step (``cfg.validate``);
+    ``ensemble``: independently trained world models whose disagreement with ``world`` is
+    penalized (``cfg.ensemble_penalty``)."""
+    return Planner(name, cfg, agent, world, seed, health, validation_world, ensemble)

@@ -266,11 +266,16 @@ def _same_eval_config(eval_data: dict[str, Any], cfg: Any) -> bool:
 
 
 def same_checkpoints(eval_data: dict[str, Any], cfg: EvaluateConfig) -> bool:
-    """Whether the agent, world-model and validation-world-model checkpoints an eval.json
-    records are the ones now in ``cfg``'s folders (same payload digests)."""
-    return all(
-        _same_checkpoint(eval_data.get(field), getattr(cfg, field))
-        for field in ("agent", "world_model", "validation_world_model")
+    """Whether the agent, world-model, validation-world-model and ensemble checkpoints an
+    eval.json records are the ones now in ``cfg``'s folders (same payload digests)."""
+    members = eval_data.get("ensemble_world_models") or []  # absent before ensembles existed
+    return (
+        all(
+            _same_checkpoint(eval_data.get(field), getattr(cfg, field))
+            for field in ("agent", "world_model", "validation_world_model")
+        )
+        and len(members) == len(cfg.ensemble_world_models)
+        and all(map(_same_checkpoint, members, cfg.ensemble_world_models))
     )
 
 

@@ -459,6 +459,8 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
             knobs.update({f"mpc.{k}": v for k, v in mpc.items()})
             if name == "mpc" and data.get("validation_world_model"):
                 knobs["validated_by"] = "another world model"
+            if data.get("ensemble_world_models"):
+                knobs["ensemble_members"] = 1 + len(data["ensemble_world_models"])
         returns = np.asarray(res["returns"], np.float64)
         try:
             scores, reason = _scores(data, res, returns)

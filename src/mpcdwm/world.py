@@ -371,6 +371,11 @@ class WorldModel:
     config: TrainWorldModelConfig = TrainWorldModelConfig()
     consts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
+    @property
+    def obs_scale(self) -> np.ndarray:
+        """``(obs_dim,)`` the data's observation std: the unit of ensemble disagreement."""
+        return self.consts["obs_std"]
+
     # -- transition ---------------------------------------------------------
     def next_state(self, params: Params, s: jax.Array, a: jax.Array, noise: jax.Array) -> jax.Array:
         """``s' (obs_dim,)`` from ``s (obs_dim,)``, ``a (act_dim,)``, ``noise noise_shape``.
