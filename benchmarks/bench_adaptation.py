@@ -26,6 +26,10 @@ gain pairs episode by episode with the base. Methods (``--methods``):
 * ``action-grad`` / ``dream-mpc``: the action-sequence gradient planner and its Dream-MPC
   form, at their defaults.
 
+``--termination rule`` / ``smooth-rule`` ends the imagined episodes of ``paper``, ``placebo``
+and ``ensemble`` by the env's health rule instead of the learned termination model (folders get
+the suffix).
+
 ``--lr auto`` chooses the step size WITHOUT real returns (:func:`mpcdwm.mpc.select_step_size`:
 the largest of the paper's grid {5e-7, 5e-6, 5e-5, 5e-4} whose imagined improvement survives
 validation while the carried weights, walked along 16 segments of 40 consecutive dataset
@@ -143,6 +147,12 @@ def main() -> None:
     p.add_argument(
         "--ensemble-penalty", type=float, default=1.0, help="weight of the ensemble method"
     )
+    p.add_argument(
+        "--termination",
+        default="learned",
+        choices=["learned", "rule", "smooth-rule"],
+        help="what ends imagined episodes in paper/placebo/ensemble (guarded: always rule)",
+    )
     p.add_argument("--agents", type=Path, default=CACHE / "agents_d4rl")
     p.add_argument("--world-models", type=Path, default=CACHE / "wm_d4rl")
     p.add_argument("--out", type=Path, default=CACHE / "adaptation")
@@ -157,7 +167,9 @@ def main() -> None:
         run = args.out / name / args.agent / f"seed{seed}"
         keep = args.results / name / args.agent / f"seed{seed}"
         keep.mkdir(parents=True, exist_ok=True)
-        paper = resolve(MPCConfig(preset="paper", num_rollouts=args.num_rollouts))
+        paper = resolve(
+            MPCConfig(preset="paper", num_rollouts=args.num_rollouts, termination=args.termination)
+        )
         if args.lr == "auto":
             rule = {"num_rollouts": args.num_rollouts, "segments": [SEGMENTS, SEGMENT_LENGTH],
                     "max_action_change": STEP_SIZE_TRUST_REGION}  # fmt: skip
@@ -185,6 +197,8 @@ def main() -> None:
             folder = f"{method}-lr{lr:g}" if method in WITH_LR else method
             if method in WITH_LR and args.num_rollouts != 64:
                 folder += f"-M{args.num_rollouts}"
+            if method in WITH_LR and method not in ("guarded", "guarded-x"):
+                folder += "" if args.termination == "learned" else f"-{args.termination}"
             judge, members = None, ()
             if method == "guarded-x":
                 judge = args.world_models / name / "diffusion" / f"seed{(seed + 1) % 3}"
