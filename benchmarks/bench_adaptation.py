@@ -20,7 +20,10 @@ gain pairs episode by episode with the base. Methods (``--methods``):
   model (seed ``k + 1`` mod 3: errors exploited in one model rarely repeat in another);
 * ``ensemble``: ``paper`` plus the transition-ensemble disagreement penalty
   (``--mpc.ensemble-penalty`` = ``--ensemble-penalty``) against the world models of the two
-  other seeds (``k + 1``, ``k + 2`` mod 3), subtracted along the imagined path;
+  other seeds (``k + 1``, ``k + 2`` mod 3), subtracted along the imagined path; its weight is
+  given, or ``auto``: balanced so that on 64 dataset states the penalty's policy gradient is
+  as large as the imagined return's (:func:`mpcdwm.mpc.balance_ensemble_penalty`, no real
+  returns; kept in ``ensemble_penalty.json``);
 * ``reference``: MPCwDWM at the library's plain defaults (Adam, E=5, M=16, H=5), the
   expensive path of the score-vs-latency frontier;
 * ``action-grad`` / ``dream-mpc``: the action-sequence gradient planner and its Dream-MPC
@@ -53,6 +56,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mpcdwm.agents import load_agent
 from mpcdwm.data import load_dataset
 from mpcdwm.envs import health_rule, make_env
@@ -61,6 +66,7 @@ from mpcdwm.mpc import (
     PAPER_LR_GRID,
     STEP_SIZE_TRUST_REGION,
     MPCConfig,
+    balance_ensemble_penalty,
     resolve,
     select_step_size,
 )
@@ -71,6 +77,7 @@ from mpcdwm.world import load_world_model
 CACHE = Path.home() / ".cache" / "mpcdwm" / "runs"
 RESULTS = Path(__file__).resolve().parent / "results" / "adaptation"
 SEGMENTS, SEGMENT_LENGTH = 16, 40  # dataset segments walked by --lr auto
+BALANCE_STATES = 64  # dataset states at which --ensemble-penalty auto balances the gradients
 METHODS = (
     "base",
     "paper",
@@ -120,6 +127,19 @@ def choose_step_size(agent_run: Path, wm_run: Path, dataset: str, cfg: MPCConfig
     )  # fmt: skip
 
 
+def ensemble_weight(
+    agent_run: Path, wm_run: Path, members: tuple[Path, ...], dataset: str, cfg: MPCConfig, seed
+) -> float:
+    """``--ensemble-penalty auto``: the weight that balances the penalty's gradient against the
+    imagined return's at dataset states (:func:`mpcdwm.mpc.balance_ensemble_penalty`)."""
+    agent = load_agent(agent_run)
+    world = load_world_model(wm_run, env_id=agent.env_id)
+    ensemble = [load_world_model(m, env_id=agent.env_id) for m in members]
+    obs = load_dataset(dataset).observations
+    rows = np.random.default_rng(seed).choice(len(obs), BALANCE_STATES, replace=False)
+    return balance_ensemble_penalty(cfg, agent, world, ensemble, obs[rows], seed)
+
+
 def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
     if not eval_json.exists():
         return False
@@ -145,7 +165,10 @@ def main() -> None:
     p.add_argument("--num-rollouts", type=int, default=64, help="M of paper/placebo/guarded")
     p.add_argument("--lr", default="auto", help="step size, or 'auto' (no real returns)")
     p.add_argument(
-        "--ensemble-penalty", type=float, default=1.0, help="weight of the ensemble method"
+        "--ensemble-penalty",
+        default="auto",
+        help="weight of the ensemble method, or 'auto' (balanced on dataset states, no real "
+        "returns; written to ensemble_penalty.json)",
     )
     p.add_argument(
         "--termination",
@@ -192,20 +215,28 @@ def main() -> None:
             lr = float(args.lr)
         paper = dataclasses.replace(paper, lr=lr)
         for method in args.methods:
-            planner, mpc = method_config(method, paper, args.ensemble_penalty)
+            members = ()
+            weight = 0.0
+            if method == "ensemble":
+                members = tuple(
+                    args.world_models / name / "diffusion" / f"seed{(seed + k) % 3}" for k in (1, 2)
+                )
+                weight = penalty_weight(args, agent_run, wm_run, members, paper, seed, keep)
+            planner, mpc = method_config(method, paper, weight)
             # One folder per step size, so several can be compared on the same episodes.
             folder = f"{method}-lr{lr:g}" if method in WITH_LR else method
             if method in WITH_LR and args.num_rollouts != 64:
                 folder += f"-M{args.num_rollouts}"
             if method in WITH_LR and method not in ("guarded", "guarded-x"):
                 folder += "" if args.termination == "learned" else f"-{args.termination}"
-            judge, members = None, ()
+            judge = None
             if method == "guarded-x":
                 judge = args.world_models / name / "diffusion" / f"seed{(seed + 1) % 3}"
             if method == "ensemble":
-                folder += f"-x{args.ensemble_penalty:g}"
-                members = tuple(
-                    args.world_models / name / "diffusion" / f"seed{(seed + k) % 3}" for k in (1, 2)
+                folder += (
+                    f"-x{args.ensemble_penalty}"
+                    if args.ensemble_penalty == "auto"
+                    else (f"-x{float(args.ensemble_penalty):g}")
                 )
             cfg = EvaluateConfig(
                 agent=agent_run,
@@ -230,6 +261,23 @@ def main() -> None:
                 flush=True,
             )
     report(ReportConfig(runs=(args.results / name,), out=args.results / name / "report"))
+
+
+def penalty_weight(args, agent_run, wm_run, members, paper, seed, keep: Path) -> float:
+    """The ensemble method's weight: given, or balanced once per seed and kept in
+    ``ensemble_penalty.json`` (recomputed when the step size or M changes)."""
+    if args.ensemble_penalty != "auto":
+        return float(args.ensemble_penalty)
+    rule = {"states": BALANCE_STATES, "num_rollouts": paper.num_rollouts, "lr": paper.lr}
+    path = keep / "ensemble_penalty.json"
+    record = json.loads(path.read_text()) if path.exists() else None
+    if record is None or record.get("rule") != rule:
+        t0 = time.perf_counter()
+        weight = ensemble_weight(agent_run, wm_run, members, args.dataset, paper, seed)
+        record = {"weight": weight, "rule": rule, "seconds": time.perf_counter() - t0}
+        path.write_text(json.dumps(record, indent=1))
+    print(f"[adaptation] seed {seed}: ensemble penalty {record['weight']:.3g} (balanced on data)")
+    return float(record["weight"])
 
 
 if __name__ == "__main__":

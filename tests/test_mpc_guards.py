@@ -16,6 +16,7 @@ from mpcdwm.envs import health_rule, make_env
 from mpcdwm.mpc import (
     PAPER_DEFAULTS,
     MPCConfig,
+    balance_ensemble_penalty,
     make_done_fn,
     make_planner,
     resolve,
@@ -175,6 +176,22 @@ def test_ensemble_penalty_keeps_the_adaptation_where_the_models_agree():
         make_planner("action-grad", penalized, agent, world, ensemble=[other])
     # The base policy imagines nothing: an ensemble passed along is ignored.
     make_planner("none", penalized, agent, world, ensemble=[other])
+
+
+def test_ensemble_penalty_weight_balances_the_gradients_without_real_returns():
+    """The balancing weight is |grad return| / |grad penalty| on the data: a member twice as
+    far from the planning model disagrees twice as much and gets half the weight; members that
+    never disagree are refused."""
+    agent, world = _point()
+    states = np.asarray([[1.0, 0.0], [0.5, -0.3], [-0.8, 0.2]], np.float32)
+    cfg = MPCConfig(horizon=5, num_rollouts=2)
+    near = dataclasses.replace(world, params={"gain": jnp.asarray(1.5, jnp.float32)})
+    far = dataclasses.replace(world, params={"gain": jnp.asarray(2.0, jnp.float32)})
+    weight_near = balance_ensemble_penalty(cfg, agent, world, [near], states)
+    weight_far = balance_ensemble_penalty(cfg, agent, world, [far], states)
+    assert weight_near > 0 and weight_far == pytest.approx(weight_near / 2, rel=1e-3)
+    with pytest.raises(ValueError, match="never disagree"):
+        balance_ensemble_penalty(cfg, agent, world, [world], states)
 
 
 def _random_states(env, n: int, rng: np.random.Generator):

@@ -1060,6 +1060,60 @@ def select_step_size(
     return chosen, rows
 
 
+def balance_ensemble_penalty(
+    cfg: MPCConfig,
+    agent: AgentLike,
+    world: WorldLike,
+    ensemble: Sequence[WorldLike],
+    states: np.ndarray,
+    seed: int = 0,
+) -> float:
+    """An ``ensemble_penalty`` weight chosen without real returns (beyond the paper).
+
+    At each of ``states (N, obs_dim)`` (e.g. dataset observations), one draw of ``cfg``'s
+    M x H noise, the pretrained policy: the norm of the policy-parameter gradient of the imagined
+    return divided by that of the ensemble's disagreement penalty at weight 1. Returns the
+    median ratio: the weight at which, on the data, the penalty pulls the adaptation as hard as
+    the return pushes it. Disagreement grows off the data, so there the penalty wins. Raises
+    when the members never disagree (identical models give no gradient to balance).
+    """
+    states = np.asarray(states, np.float32)
+    if states.ndim != 2 or states.shape[0] == 0:
+        raise ValueError(f"states must be a non-empty (N, obs_dim) array, got {states.shape}.")
+    if not ensemble:
+        raise ValueError("balancing the ensemble penalty needs ensemble world models.")
+    cfg = dataclasses.replace(resolve(cfg), ensemble_penalty=1.0)
+    imagine = make_imagine(cfg, agent, world, None, ensemble)
+    models = {
+        "world": world.params,
+        "critic": agent.critic_params,
+        "ensemble": tuple(m.params for m in ensemble),
+    }
+    shape = (cfg.num_rollouts, cfg.horizon, *world.noise_shape)
+
+    @jax.jit
+    def gradient_norms(obs, key):
+        noise = jax.random.normal(key, shape, obs.dtype)
+
+        def parts(psi):
+            returns, aux = imagine(lambda s: agent.act(psi, s), models, obs, noise)
+            return jnp.stack([returns.mean(), aux["penalty"].mean()])
+
+        jac = jax.jacrev(parts)(agent.actor_params)  # leaves (2, *parameter shape)
+        squares = [jnp.square(x).reshape(2, -1).sum(1) for x in jax.tree_util.tree_leaves(jac)]
+        return jnp.sqrt(sum(squares))  # (|grad return|, |grad penalty|)
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), states.shape[0])
+    norms = np.stack([jax.device_get(gradient_norms(states[i], keys[i])) for i in range(len(keys))])
+    if not np.any(norms[:, 1] > 0):
+        raise ValueError(
+            "the ensemble members never disagree at these states (identical models?); "
+            "train them with other --seed values."
+        )
+    usable = norms[:, 1] > 0
+    return float(np.median(norms[usable, 0] / norms[usable, 1]))
+
+
 def check_validation_world(
     cfg: MPCConfig, name: str, world: WorldLike | None, validation_world: WorldLike | None
 ) -> None:
