@@ -24,6 +24,7 @@ gain pairs episode by episode with the base. Methods (``--methods``):
   given, or ``auto``: balanced so that on 64 dataset states the penalty's policy gradient is
   as large as the imagined return's (:func:`mpcdwm.mpc.balance_ensemble_penalty`, no real
   returns; kept in ``ensemble_penalty.json``);
+* ``ensemble-placebo``: ``ensemble`` with the placebo's update (its matched control);
 * ``reference``: MPCwDWM at the library's plain defaults (Adam, E=5, M=16, H=5), the
   expensive path of the score-vs-latency frontier;
 * ``action-grad`` / ``dream-mpc``: the action-sequence gradient planner and its Dream-MPC
@@ -85,11 +86,12 @@ METHODS = (
     "guarded",
     "guarded-x",
     "ensemble",
+    "ensemble-placebo",
     "reference",
     "action-grad",
     "dream-mpc",
 )
-WITH_LR = ("paper", "placebo", "guarded", "guarded-x", "ensemble")
+WITH_LR = ("paper", "placebo", "guarded", "guarded-x", "ensemble", "ensemble-placebo")
 
 
 def method_config(
@@ -104,8 +106,9 @@ def method_config(
         return "mpc", dataclasses.replace(paper, update="placebo")
     if method in ("guarded", "guarded-x"):
         return "mpc", dataclasses.replace(paper, validate=True, termination="rule")
-    if method == "ensemble":
-        return "mpc", dataclasses.replace(paper, ensemble_penalty=ensemble_penalty)
+    if method in ("ensemble", "ensemble-placebo"):
+        update = "placebo" if method == "ensemble-placebo" else "gradient"
+        return "mpc", dataclasses.replace(paper, ensemble_penalty=ensemble_penalty, update=update)
     if method == "reference":
         return "mpc", MPCConfig()
     if method in ("action-grad", "dream-mpc"):
@@ -217,7 +220,7 @@ def main() -> None:
         for method in args.methods:
             members = ()
             weight = 0.0
-            if method == "ensemble":
+            if method.startswith("ensemble"):
                 members = tuple(
                     args.world_models / name / "diffusion" / f"seed{(seed + k) % 3}" for k in (1, 2)
                 )
@@ -232,7 +235,7 @@ def main() -> None:
             judge = None
             if method == "guarded-x":
                 judge = args.world_models / name / "diffusion" / f"seed{(seed + 1) % 3}"
-            if method == "ensemble":
+            if method.startswith("ensemble"):
                 folder += (
                     f"-x{args.ensemble_penalty}"
                     if args.ensemble_penalty == "auto"
