@@ -131,16 +131,30 @@ def choose_step_size(agent_run: Path, wm_run: Path, dataset: str, cfg: MPCConfig
 
 
 def ensemble_weight(
-    agent_run: Path, wm_run: Path, members: tuple[Path, ...], dataset: str, cfg: MPCConfig, seed
-) -> float:
-    """``--ensemble-penalty auto``: the weight that balances the penalty's gradient against the
-    imagined return's at dataset states (:func:`mpcdwm.mpc.balance_ensemble_penalty`)."""
-    agent = load_agent(agent_run)
-    world = load_world_model(wm_run, env_id=agent.env_id)
-    ensemble = [load_world_model(m, env_id=agent.env_id) for m in members]
-    obs = load_dataset(dataset).observations
-    rows = np.random.default_rng(seed).choice(len(obs), BALANCE_STATES, replace=False)
-    return balance_ensemble_penalty(cfg, agent, world, ensemble, obs[rows], seed)
+    given: str, agent_run: Path, wm_run: Path, members: tuple[Path, ...], dataset: str,
+    cfg: MPCConfig, seed: int, keep: Path,
+) -> float:  # fmt: skip
+    """The ensemble method's weight: ``given``, or for ``auto`` the weight that balances the
+    penalty's gradient against the imagined return's at dataset states
+    (:func:`mpcdwm.mpc.balance_ensemble_penalty`), computed once per seed and kept in
+    ``ensemble_penalty.json`` (recomputed when the step size or M changes)."""
+    if given != "auto":
+        return float(given)
+    rule = {"states": BALANCE_STATES, "num_rollouts": cfg.num_rollouts, "lr": cfg.lr}
+    path = keep / "ensemble_penalty.json"
+    record = json.loads(path.read_text()) if path.exists() else None
+    if record is None or record.get("rule") != rule:
+        t0 = time.perf_counter()
+        agent = load_agent(agent_run)
+        world = load_world_model(wm_run, env_id=agent.env_id)
+        ensemble = [load_world_model(m, env_id=agent.env_id) for m in members]
+        obs = load_dataset(dataset).observations
+        rows = np.random.default_rng(seed).choice(len(obs), BALANCE_STATES, replace=False)
+        weight = balance_ensemble_penalty(cfg, agent, world, ensemble, obs[rows], seed)
+        record = {"weight": weight, "rule": rule, "seconds": time.perf_counter() - t0}
+        path.write_text(json.dumps(record, indent=1))
+    print(f"[adaptation] seed {seed}: ensemble penalty {record['weight']:.3g} (balanced on data)")
+    return float(record["weight"])
 
 
 def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
@@ -217,30 +231,26 @@ def main() -> None:
         else:
             lr = float(args.lr)
         paper = dataclasses.replace(paper, lr=lr)
+        other_world = {  # independently trained world models: the other seeds'
+            k: args.world_models / name / "diffusion" / f"seed{(seed + k) % 3}" for k in (1, 2)
+        }
         for method in args.methods:
-            members = ()
-            weight = 0.0
-            if method.startswith("ensemble"):
-                members = tuple(
-                    args.world_models / name / "diffusion" / f"seed{(seed + k) % 3}" for k in (1, 2)
-                )
-                weight = penalty_weight(args, agent_run, wm_run, members, paper, seed, keep)
-            planner, mpc = method_config(method, paper, weight)
             # One folder per step size, so several can be compared on the same episodes.
             folder = f"{method}-lr{lr:g}" if method in WITH_LR else method
             if method in WITH_LR and args.num_rollouts != 64:
                 folder += f"-M{args.num_rollouts}"
             if method in WITH_LR and method not in ("guarded", "guarded-x"):
                 folder += "" if args.termination == "learned" else f"-{args.termination}"
-            judge = None
-            if method == "guarded-x":
-                judge = args.world_models / name / "diffusion" / f"seed{(seed + 1) % 3}"
+            judge = other_world[1] if method == "guarded-x" else None
+            members, weight = (), 0.0
             if method.startswith("ensemble"):
-                folder += (
-                    f"-x{args.ensemble_penalty}"
-                    if args.ensemble_penalty == "auto"
-                    else (f"-x{float(args.ensemble_penalty):g}")
+                given = args.ensemble_penalty
+                folder += "-xauto" if given == "auto" else f"-x{float(given):g}"
+                members = (other_world[1], other_world[2])
+                weight = ensemble_weight(
+                    given, agent_run, wm_run, members, args.dataset, paper, seed, keep
                 )
+            planner, mpc = method_config(method, paper, weight)
             cfg = EvaluateConfig(
                 agent=agent_run,
                 world_model=None if planner == "none" else wm_run,
@@ -264,23 +274,6 @@ def main() -> None:
                 flush=True,
             )
     report(ReportConfig(runs=(args.results / name,), out=args.results / name / "report"))
-
-
-def penalty_weight(args, agent_run, wm_run, members, paper, seed, keep: Path) -> float:
-    """The ensemble method's weight: given, or balanced once per seed and kept in
-    ``ensemble_penalty.json`` (recomputed when the step size or M changes)."""
-    if args.ensemble_penalty != "auto":
-        return float(args.ensemble_penalty)
-    rule = {"states": BALANCE_STATES, "num_rollouts": paper.num_rollouts, "lr": paper.lr}
-    path = keep / "ensemble_penalty.json"
-    record = json.loads(path.read_text()) if path.exists() else None
-    if record is None or record.get("rule") != rule:
-        t0 = time.perf_counter()
-        weight = ensemble_weight(agent_run, wm_run, members, args.dataset, paper, seed)
-        record = {"weight": weight, "rule": rule, "seconds": time.perf_counter() - t0}
-        path.write_text(json.dumps(record, indent=1))
-    print(f"[adaptation] seed {seed}: ensemble penalty {record['weight']:.3g} (balanced on data)")
-    return float(record["weight"])
 
 
 if __name__ == "__main__":

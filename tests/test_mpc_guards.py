@@ -172,6 +172,8 @@ def test_ensemble_penalty_keeps_the_adaptation_where_the_models_agree():
     with pytest.raises(ValueError, match="--ensemble-world-models"):
         make_planner("mpc", penalized, agent, world)
     other = dataclasses.replace(world, params={"gain": jnp.ones(3, jnp.float32)})
+    with pytest.raises(ValueError, match="planning world model too"):
+        make_planner("mpc", penalized, agent, None, ensemble=[unsure])
     with pytest.raises(ValueError, match="ensemble world model .*network sizes"):
         make_planner("action-grad", penalized, agent, world, ensemble=[other])
     # The base policy imagines nothing: an ensemble passed along is ignored.

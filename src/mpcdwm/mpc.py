@@ -1105,12 +1105,12 @@ def balance_ensemble_penalty(
 
     keys = jax.random.split(jax.random.PRNGKey(seed), states.shape[0])
     norms = np.stack([jax.device_get(gradient_norms(states[i], keys[i])) for i in range(len(keys))])
-    if not np.any(norms[:, 1] > 0):
+    usable = norms[:, 1] > 0
+    if not usable.any():
         raise ValueError(
             "the ensemble members never disagree at these states (identical models?); "
             "train them with other --seed values."
         )
-    usable = norms[:, 1] > 0
     return float(np.median(norms[usable, 0] / norms[usable, 1]))
 
 
@@ -1149,11 +1149,13 @@ def check_ensemble(
             "--ensemble-world-models DIR [DIR ...] (the planning model's settings trained "
             "with other seeds)."
         )
+    if ensemble and world is None:
+        raise ValueError("ensemble world models need the planning world model too.")
     for member in ensemble:
         _check_same_model(world, member, "ensemble world model")
 
 
-def _check_same_model(world: WorldLike | None, other: WorldLike, role: str) -> None:
+def _check_same_model(world: WorldLike, other: WorldLike, role: str) -> None:
     shapes = [jax.tree_util.tree_map(jnp.shape, w.params) for w in (world, other)]
     kinds = [getattr(w, "kind", None) for w in (world, other)]
     if kinds[0] != kinds[1] or shapes[0] != shapes[1] or world.noise_shape != other.noise_shape:
