@@ -62,7 +62,7 @@ import numpy as np
 from mpcdwm.agents import load_agent
 from mpcdwm.data import load_dataset
 from mpcdwm.envs import health_rule, make_env
-from mpcdwm.evaluate import EvaluateConfig, evaluate
+from mpcdwm.evaluate import EvaluateConfig, chosen_by_fields, evaluate
 from mpcdwm.mpc import (
     PAPER_LR_GRID,
     STEP_SIZE_TRUST_REGION,
@@ -72,7 +72,7 @@ from mpcdwm.mpc import (
     select_step_size,
 )
 from mpcdwm.pipeline import same_checkpoints
-from mpcdwm.report import ReportConfig, report
+from mpcdwm.report import ReportConfig, recorded_mpc, report
 from mpcdwm.world import load_world_model
 
 CACHE = Path.home() / ".cache" / "mpcdwm" / "runs"
@@ -110,9 +110,9 @@ def method_config(
         update = "placebo" if method == "ensemble-placebo" else "gradient"
         return "mpc", dataclasses.replace(paper, ensemble_penalty=ensemble_penalty, update=update)
     if method == "reference":
-        return "mpc", MPCConfig()
+        return "mpc", MPCConfig(preset="reference")
     if method in ("action-grad", "dream-mpc"):
-        return method, MPCConfig()
+        return method, MPCConfig(preset="reference")
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
@@ -162,14 +162,21 @@ def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
         return False
     data = json.loads(eval_json.read_text())
     current = json.loads(json.dumps(dataclasses.asdict(resolve(cfg.mpc))))
-    default = json.loads(json.dumps(dataclasses.asdict(MPCConfig())))
-    # A field added to MPCConfig after a file was written ran at its default then.
-    stored = data.get("mpc") or {}
-    same_mpc = all(stored.get(k, default[k]) == v for k, v in current.items())
+    stored = json.loads(json.dumps(recorded_mpc(data)))
+    same_mpc = all(stored.get(k) == v for k, v in current.items())
     # The base policy does not plan: its settings are not part of what it did.
     same_mpc |= cfg.planner == ("none",)
     # A retrained agent or world model (another checkpoint digest) makes it stale too.
-    return same_mpc and data["config"]["episodes"] == cfg.episodes and same_checkpoints(data, cfg)
+    fresh = same_mpc and data["config"]["episodes"] == cfg.episodes and same_checkpoints(data, cfg)
+    chosen_by = chosen_by_fields(cfg.chosen_by)
+    if fresh and data.get("chosen_by", {}) != chosen_by:
+        # Only the label of a rule-chosen value differs (files written before it was
+        # recorded): the episodes stand, the label is brought up to date.
+        data["chosen_by"] = chosen_by
+        tmp = eval_json.with_name(eval_json.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, eval_json)
+    return fresh
 
 
 def main() -> None:
@@ -243,6 +250,7 @@ def main() -> None:
                 folder += "" if args.termination == "learned" else f"-{args.termination}"
             judge = other_world[1] if method == "guarded-x" else None
             members, weight = (), 0.0
+            chosen_by = ["lr=select_step_size"] if args.lr == "auto" and method in WITH_LR else []
             if method.startswith("ensemble"):
                 given = args.ensemble_penalty
                 folder += "-xauto" if given == "auto" else f"-x{float(given):g}"
@@ -250,6 +258,8 @@ def main() -> None:
                 weight = ensemble_weight(
                     given, agent_run, wm_run, members, args.dataset, paper, seed, keep
                 )
+                if given == "auto":
+                    chosen_by.append("ensemble_penalty=balance_ensemble_penalty")
             planner, mpc = method_config(method, paper, weight)
             cfg = EvaluateConfig(
                 agent=agent_run,
@@ -261,6 +271,7 @@ def main() -> None:
                 seed=seed,
                 out=run / folder,
                 mpc=mpc,
+                chosen_by=tuple(chosen_by),
                 progress=args.progress,
             )
             t0 = time.perf_counter()

@@ -9,16 +9,17 @@ reported separately), then times ``--decisions`` decisions on varying observatio
 
 Sections (``--sections``, default all but ``grid``):
 
-* ``reference``: E=5, M=16, H=5, diffusion with 5 denoising steps (DDPM, fixed noise),
-  before (the decision as it was: whole reward ensemble, diagnostics rollout) and after
-  (defaults: first reward member, no diagnostics rollout); action-grad, mppi, none.
+* ``reference``: the ``reference`` preset (Adam, E=5, M=16, H=5; the library's default
+  until 2026-11-26), diffusion with 5 denoising steps (DDPM, fixed noise), before (the
+  decision as it was: whole reward ensemble, diagnostics rollout) and after (first reward
+  member, no diagnostics rollout); action-grad, mppi, none at the same budget.
 * ``floor``: FLOPs per decision from the compiled program's cost analysis (XLA counts a
   loop body once, so the E-loop is multiplied out: ``E x FLOPs(E=1)``, plus the
   diagnostics rollout), divided by this CPU's measured matmul throughput at the decision's
   shapes (``(M, 256) @ (256, 256)``, weights resident in cache): the arithmetic floor, and
   latency / floor.
-* ``amortized``: the paper's setting (``--mpc.preset paper``: E=1, weights carried across
-  real steps) at M in {16, 64, 256, 1024}, and with the one-step MeanFlow world model at
+* ``amortized``: the paper's setting (E=1, weights carried across real steps; the library's
+  default at M=16) at M in {16, 64, 256, 1024}, and with the one-step MeanFlow world model at
   M in {16, 64, 256}: latency and imagined rollouts per second.
 * ``bf16``: matmul throughput in float32 vs bfloat16 at those shapes (mixed precision is
   worth building only where bf16 is faster).
@@ -198,7 +199,7 @@ def main() -> None:
 
     agent = build_agent()
     world5 = build_world("diffusion", 5)
-    ref = MPCConfig(adapt_steps=5, num_rollouts=16, horizon=5)
+    ref = resolve(MPCConfig(preset="reference"))
     before = dataclasses.replace(ref, **BEFORE)
     now = datetime.datetime.now(datetime.UTC)
     lines = [
@@ -224,10 +225,11 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     if "reference" in args.sections or "floor" in args.sections:
-        lines += ["", "### Reference budget (E=5, M=16, H=5, diffusion 5 steps)", "", HEADER]
+        title = "### Reference budget (preset reference: Adam, E=5, M=16, H=5, diffusion 5 steps)"
+        lines += ["", title, "", HEADER]
         for label, planner, cfg in [
             ("mpc before (reward ensemble, diagnostics rollout)", "mpc", before),
-            ("mpc (defaults: first reward member, no diagnostics rollout)", "mpc", ref),
+            ("mpc (first reward member, no diagnostics rollout)", "mpc", ref),
             ("mpc, horizon scan not unrolled", "mpc", dataclasses.replace(ref, unroll=False)),
             ("mpc, adapt last layer only", "mpc", dataclasses.replace(ref, adapt="last_layer")),
             ("action-grad", "action-grad", ref),
@@ -280,7 +282,7 @@ def main() -> None:
             (
                 "reference, defaults",
                 ref,
-                "mpc (defaults: first reward member, no diagnostics rollout)",
+                "mpc (first reward member, no diagnostics rollout)",
             ),
         ]
         floor_rows += [(f"paper, M={m}", cfg, f"paper M={m}") for m, cfg in amortized.items()]

@@ -65,12 +65,14 @@ def test_eval_json_layout(cfg, result):
         "config",
         "agent",
         "mpc",
+        "chosen_by",
         "world_model",
         "validation_world_model",
         "ensemble_world_models",
         "planners",
     }
     assert data["validation_world_model"] is None and data["ensemble_world_models"] == []
+    assert data["chosen_by"] == {}
     assert data["env_id"] == "InvertedPendulum-v5" and data["seed"] == 7
     assert data["dataset_path"].endswith("pendulum-noisy.hdf5")  # absolute: tells ids apart
     assert Path(data["dataset_path"]).is_absolute()
@@ -166,6 +168,8 @@ def test_error_cases(cfg, runs, tmp_path):
         evaluate(dataclasses.replace(cfg, ensemble_world_models=(runs[1],), out=tmp_path))
     with pytest.raises(ValueError, match="--ensemble-world-models"):  # the penalty without them
         evaluate(dataclasses.replace(cfg, mpc=MPCConfig(ensemble_penalty=1.0), out=tmp_path))
+    with pytest.raises(ValueError, match="--chosen-by 'penalty=balanced'.*FIELD=RULE"):
+        evaluate(dataclasses.replace(cfg, chosen_by=("penalty=balanced",), out=tmp_path))
     assert not (tmp_path / "eval.json").exists()
 
 
@@ -183,9 +187,11 @@ def test_validation_and_ensemble_world_models_are_recorded_and_label_the_method(
         mpc=dataclasses.replace(SMALL, validate=True, ensemble_penalty=1.0),
         validation_world_model=runs[1],
         ensemble_world_models=(runs[1],),
+        chosen_by=("ensemble-penalty=balanced",),
         out=tmp_path,
     )
     data = json.loads(evaluate(guarded).read_text())
+    assert data["chosen_by"] == {"ensemble_penalty": "balanced"}
     assert data["validation_world_model"]["path"].endswith("checkpoint.ckpt")
     (member,) = data["ensemble_world_models"]
     assert member["path"].endswith("checkpoint.ckpt") and member["digest"]
@@ -193,6 +199,7 @@ def test_validation_and_ensemble_world_models_are_recorded_and_label_the_method(
     (res,) = load_results(tmp_path / "eval.json")
     knobs = res.method.knob_dict()
     assert knobs["validated_by"] == "another world model" and knobs["ensemble_members"] == 2
+    assert knobs["mpc.ensemble_penalty"] == "chosen: balanced"
     # The ensemble is part of what an evaluation was made with.
     assert evaluation_is_current(tmp_path / "eval.json", guarded)
     fewer = dataclasses.replace(guarded, ensemble_world_models=())

@@ -14,7 +14,7 @@ from test_mpc import _point, _true_return
 
 from mpcdwm.envs import health_rule, make_env
 from mpcdwm.mpc import (
-    PAPER_DEFAULTS,
+    PRESETS,
     MPCConfig,
     balance_ensemble_penalty,
     make_done_fn,
@@ -24,7 +24,11 @@ from mpcdwm.mpc import (
 )
 
 
-def test_paper_preset_sets_the_papers_setting_and_keeps_explicit_choices():
+def test_presets_fill_the_budget_and_keep_explicit_choices():
+    plain = resolve(MPCConfig())
+    # The default is the paper's amortised setting at the cheap budget.
+    assert (plain.optimizer, plain.adapt_steps, plain.warm_start) == ("sgd", 1, True)
+    assert (plain.num_rollouts, plain.lr, plain.horizon) == (16, 5e-7, 5)
     paper = resolve(MPCConfig(preset="paper"))
     assert (paper.optimizer, paper.adapt_steps, paper.horizon, paper.warm_start) == (
         "sgd",
@@ -32,7 +36,18 @@ def test_paper_preset_sets_the_papers_setting_and_keeps_explicit_choices():
         5,
         True,
     )
-    assert paper.num_rollouts == PAPER_DEFAULTS["num_rollouts"] and paper.lr == 5e-6
+    assert paper.num_rollouts == PRESETS["paper"]["num_rollouts"] and paper.lr == 5e-6
+    reference = resolve(MPCConfig(preset="reference"))
+    assert (reference.optimizer, reference.adapt_steps, reference.warm_start) == ("adam", 5, False)
+    assert (reference.num_rollouts, reference.lr) == (16, 3e-5)
+    # A preset never overrides a field given explicitly, budget fields included.
+    mixed = resolve(MPCConfig(preset="reference", adapt_steps=2, warm_start=True, horizon=3))
+    assert (mixed.adapt_steps, mixed.warm_start, mixed.horizon, mixed.optimizer) == (
+        2,
+        True,
+        3,
+        "adam",
+    )
     mine = resolve(MPCConfig(preset="paper", lr=5e-4, num_rollouts=64))
     assert (mine.lr, mine.num_rollouts, mine.preset) == (5e-4, 64, "none")
     assert resolve(mine) == mine
@@ -41,8 +56,6 @@ def test_paper_preset_sets_the_papers_setting_and_keeps_explicit_choices():
     # A value given explicitly is kept even when it equals the plain default.
     explicit = resolve(MPCConfig(preset="paper", num_rollouts=16, lr=3e-5))
     assert (explicit.num_rollouts, explicit.lr) == (16, 3e-5)
-    plain = resolve(MPCConfig())
-    assert (plain.num_rollouts, plain.lr, plain.optimizer) == (16, 3e-5, "adam")
 
 
 def test_amortized_mode_continues_the_previous_steps_optimization():
@@ -118,7 +131,9 @@ def test_validated_step_acts_adapted_only_when_it_imagines_better():
     s = np.asarray([1.0, 0.0], np.float32)
     base = make_planner("none", MPCConfig(), agent, world)
     a_base, _ = base(s)
-    good = MPCConfig(adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, validate=True)
+    good = MPCConfig(
+        preset="reference", adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, validate=True
+    )
     planner = make_planner("mpc", good, agent, world)
     a, diag = planner(s)
     assert diag["accepted"] == 1.0 and not np.allclose(a, a_base)
@@ -136,7 +151,9 @@ def test_an_independent_world_model_can_veto_the_validated_step():
     agent, world = _point()
     s = np.asarray([1.0, 0.0], np.float32)
     a_base, _ = make_planner("none", MPCConfig(), agent, world)(s)
-    cfg = MPCConfig(adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, validate=True)
+    cfg = MPCConfig(
+        preset="reference", adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, validate=True
+    )
     agreeing = dataclasses.replace(world, params={"gain": jnp.asarray(1.1, jnp.float32)})
     a, diag = make_planner("mpc", cfg, agent, world, validation_world=agreeing)(s)
     assert diag["accepted"] == 1.0 and not np.allclose(a, a_base)
@@ -156,7 +173,9 @@ def test_ensemble_penalty_keeps_the_adaptation_where_the_models_agree():
     to the planning model disagrees nowhere and changes nothing."""
     agent, world = _point()
     s = np.asarray([1.0, 0.0], np.float32)
-    cfg = MPCConfig(adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, diagnostics=True)
+    cfg = MPCConfig(
+        preset="reference", adapt_steps=10, horizon=10, lr=0.3, num_rollouts=4, diagnostics=True
+    )
     a_plain, d_plain = make_planner("mpc", cfg, agent, world)(s)
     penalized = dataclasses.replace(cfg, ensemble_penalty=20.0)
     twin = dataclasses.replace(world, params={"gain": jnp.asarray(1.0, jnp.float32)})

@@ -59,6 +59,7 @@ def write_eval(
     max_steps: int | None = None,
     agent: dict | None = None,
     dataset_path: str | None = None,
+    chosen_by: dict[str, str] | None = None,
 ) -> Path:
     """``out/eval.json`` exactly as ``mpcdwm evaluate`` lays it out; ``planners``: name ->
     per-episode returns (``none`` is the base policy). ``agent``: the ``agent`` block
@@ -125,6 +126,8 @@ def write_eval(
         data["agent"] = agent
     if dataset_path is not None:
         data["dataset_path"] = dataset_path
+    if chosen_by is not None:
+        data["chosen_by"] = chosen_by
     out.mkdir(parents=True, exist_ok=True)
     path = out / "eval.json"
     path.write_text(json.dumps(data, indent=1))
@@ -184,6 +187,20 @@ def test_budget_knobs_use_the_papers_letters(tmp_path):
     a = run_eval(tmp_path, "h3", mpc=MPCConfig(horizon=3, num_rollouts=8))
     b = run_eval(tmp_path, "h5", mpc=MPCConfig(horizon=5, num_rollouts=8))
     assert sorted(summarize_files(a, b).labels.values()) == ["base", "mpc (H=3)", "mpc (H=5)"]
+
+
+def test_a_value_chosen_by_a_rule_pools_seeds_under_the_rule(tmp_path):
+    """A weight computed per seed (each seed its own value) is one method, named by its rule,
+    apart from a weight given by hand."""
+    rule = {"ensemble_penalty": "balanced"}
+    a = run_eval(tmp_path, "s0", seed=0, mpc=MPCConfig(ensemble_penalty=100.0), chosen_by=rule)
+    b = run_eval(tmp_path, "s1", seed=1, mpc=MPCConfig(ensemble_penalty=300.0), chosen_by=rule)
+    c = run_eval(tmp_path, "fixed", seed=0, mpc=MPCConfig(ensemble_penalty=100.0), shift=5.0)
+    rows = entries_by_label(summarize_files(a, b, c))
+    d = "mpcdwm/hopper-medium-v0"
+    chosen = rows[(d, "mpc (ensemble_penalty=chosen: balanced)")]
+    assert (chosen.score.n_seeds, chosen.score.n_episodes) == (2, 20)
+    assert rows[(d, "mpc (ensemble_penalty=100.0)")].score.n_seeds == 1
 
 
 def test_seeds_of_one_method_group_into_one_row(tmp_path):

@@ -74,6 +74,12 @@ class EvaluateConfig:
     """Output directory (eval.json)."""
     mpc: MPCConfig = MPCConfig()
     """Planner budget and options."""
+    chosen_by: tuple[str, ...] = ()
+    """``FIELD=RULE`` for each ``--mpc`` value that a rule chose for this run (e.g.
+    ``ensemble_penalty=balanced``: a weight computed per seed by
+    :func:`mpcdwm.mpc.balance_ensemble_penalty`). Recorded in eval.json ``chosen_by``;
+    ``mpcdwm report`` then names the method by the rule, so runs whose rule gave each seed
+    its own value pool into one method."""
     max_steps: int | None = None
     """Cut episodes after this many steps (None = the env's own limit)."""
     progress: bool = True
@@ -103,12 +109,30 @@ def _check_config(cfg: EvaluateConfig) -> None:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}.")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1 or None, got {cfg.max_steps}.")
+    chosen_by_fields(cfg.chosen_by)
     needs_world = [p for p in cfg.planner if p != "none"]
     if needs_world and cfg.world_model is None:
         raise ValueError(
             f"planner(s) {needs_world} need a world model: pass --world-model DIR "
             "(train one with `mpcdwm train-world-model`), or use --planner none."
         )
+
+
+def chosen_by_fields(entries: tuple[str, ...]) -> dict[str, str]:
+    """``("ensemble_penalty=balanced", ...)`` -> ``{"ensemble_penalty": "balanced"}``; a
+    ValueError names an entry that is not ``FIELD=RULE`` over an MPCConfig field."""
+    fields = {f.name for f in dataclasses.fields(MPCConfig)}
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, sep, rule = entry.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not rule.strip() or name not in fields:
+            raise ValueError(
+                f"--chosen-by {entry!r}: expected FIELD=RULE with FIELD an --mpc option "
+                "(e.g. ensemble_penalty=balanced)."
+            )
+        out[name] = rule.strip()
+    return out
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -354,6 +378,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         "agent": agent_record,
         # The planner settings in effect (a --mpc.preset applied), which the report groups by.
         "mpc": _plain(mpc_cfg),
+        "chosen_by": chosen_by_fields(cfg.chosen_by),
         "world_model": wm_info,
         "validation_world_model": None
         if validation_world is None

@@ -60,25 +60,31 @@ PLANNERS: tuple[str, ...] = ("none", "mpc", "action-grad", "mppi", "dream-mpc")
 class MPCConfig:
     """Budget and options of the inference-time planners (``--mpc.*`` flags)."""
 
-    adapt_steps: int = 5
-    """E: gradient steps per real step (mpc, action-grad)."""
+    adapt_steps: int | None = None
+    """E: gradient steps per real step (mpc, action-grad, dream-mpc). None: the preset's
+    (1; 5 with ``preset reference``). With weights carried across real steps one step per
+    decision continues the previous decision's optimisation."""
     num_rollouts: int | None = None
-    """M: imagined trajectories per gradient step (noise drawn once per decision). None: 16,
-    or 256 with ``preset paper``."""
+    """M: imagined trajectories per gradient step (noise drawn once per decision). None: the
+    preset's (16; 256 with ``preset paper``)."""
     horizon: int = 5
     """H: imagined steps before the terminal critic."""
     gamma: float | None = None
     """Discount of the surrogate return (None = the agent's)."""
     lr: float | None = None
-    """Learning rate of the policy-parameter optimiser (0 = act exactly as the base policy;
-    None: 3e-5, or 5e-6 with ``preset paper``).
-    With Adam every weight moves by about ``lr`` per step whatever the gradient's size, so
-    small values matter: 3e-4 moved Hopper's actions by ~0.7 and made it fall (BENCHMARKS.md,
-    planner options); 3e-5 kept the change near 0.07."""
-    optimizer: Literal["adam", "sgd"] = "adam"
-    """Optimiser of the adaptation (its state is reset at every real step)."""
-    warm_start: bool = False
-    """Start each real step from the last step's adapted parameters instead of the pretrained."""
+    """Step size of the policy-parameter update (0 = act exactly as the base policy). None:
+    the preset's (5e-7; 5e-6 with ``preset paper``, 3e-5 with ``preset reference``). The
+    paper picks it per dataset from {5e-7, 5e-6, 5e-5, 5e-4}; 5e-7 is the one step that did
+    not lose on any of the IQL medium datasets here (BENCHMARKS.md, score vs latency). With
+    Adam every weight moves by about ``lr`` per step whatever the gradient's size: 3e-4 moved
+    Hopper's actions by ~0.7 and made it fall."""
+    optimizer: Literal["adam", "sgd"] | None = None
+    """Optimiser of the adaptation (its state is reset at every real step). None: the
+    preset's (sgd, the paper's plain gradient ascent; adam with ``preset reference``)."""
+    warm_start: bool | None = None
+    """mpc: start each real step from the last step's adapted parameters (reset at episode
+    start) instead of the pretrained. None: the preset's (True; False with ``preset
+    reference``)."""
     trust_region: float = 0.0
     """Weight of the L2 penalty between adapted and pretrained actions (normalised units) at the
     visited imagined states; 0 = off."""
@@ -130,14 +136,17 @@ class MPCConfig:
     unroll: bool = True
     """Unroll the horizon scan so XLA fuses across imagined steps (faster on CPU, slower
     compile)."""
-    preset: Literal["none", "paper"] = "none"
-    """``paper``: the paper's second-version setting (see :data:`PAPER_PRESET`): plain
-    gradient steps (sgd), E=1, H=5, weights carried across the real steps of an episode
-    (reset at its start), noise redrawn at every real step; M=256 and lr=5e-6 unless
-    ``num_rollouts``/``lr`` are given (the paper picks lr per dataset from
-    {5e-7, 5e-6, 5e-5, 5e-4}). Applied by :func:`resolve`."""
-    # num_rollouts and lr default to None so that a value given explicitly (even 16 or 3e-5)
-    # is never mistaken for "not given" by the preset.
+    preset: Literal["none", "paper", "reference"] = "none"
+    """Fills the budget fields left None (:data:`PRESETS`, applied by :func:`resolve`):
+    ``none``: the default, the paper's amortised setting at a 4x cheaper budget than the
+    reference (plain gradient steps, E=1, weights carried across the real steps of an
+    episode and reset at its start, noise redrawn at every real step; M=16, lr=5e-7;
+    5.7 ms a decision on two CPU cores, BENCHMARKS.md); ``paper``: the same at M=256,
+    lr=5e-6; ``reference``: the earlier default and the expensive path of the
+    score-vs-latency comparison (Adam, E=5 reset at every real step, M=16, lr=3e-5;
+    22.7 ms). A field given explicitly always wins over the preset."""
+    # The budget fields default to None so that a value given explicitly (even one equal to
+    # a preset's) is never mistaken for "not given".
     update: Literal["gradient", "placebo"] = "gradient"
     """mpc: ``placebo`` runs the adaptation (and carries its weights on, as the real planner
     does), but acts with the pretrained weights moved along a fresh random direction, scaled
@@ -172,17 +181,30 @@ class MPCConfig:
     diagnostics (return before the first update, action change, ...) are free and always kept."""
 
 
-PAPER_PRESET: dict[str, Any] = {
-    "optimizer": "sgd",
-    "adapt_steps": 1,
-    "horizon": 5,
-    "warm_start": True,
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {
+        "optimizer": "sgd",
+        "adapt_steps": 1,
+        "warm_start": True,
+        "num_rollouts": 16,
+        "lr": 5e-7,
+    },
+    "paper": {
+        "optimizer": "sgd",
+        "adapt_steps": 1,
+        "warm_start": True,
+        "num_rollouts": 256,
+        "lr": 5e-6,
+    },
+    "reference": {
+        "optimizer": "adam",
+        "adapt_steps": 5,
+        "warm_start": False,
+        "num_rollouts": 16,
+        "lr": 3e-5,
+    },
 }
-"""Fields the ``paper`` preset sets outright."""
-PAPER_DEFAULTS: dict[str, Any] = {"num_rollouts": 256, "lr": 5e-6}
-"""Fields the ``paper`` preset sets only when not given (None)."""
-PLAIN_DEFAULTS: dict[str, Any] = {"num_rollouts": 16, "lr": 3e-5}
-"""What None means for those fields without a preset."""
+"""What each ``--mpc.preset`` puts in the fields left None."""
 PAPER_LR_GRID: tuple[float, ...] = (5e-7, 5e-6, 5e-5, 5e-4)
 """The per-dataset step sizes the paper's setting is reported with."""
 STEP_SIZE_TRUST_REGION = 0.03
@@ -197,13 +219,10 @@ points: not a validated rule, hence not a default."""
 def resolve(cfg: MPCConfig) -> MPCConfig:
     """``cfg`` with its preset applied (``preset`` becomes ``none``) and every None default
     filled in; idempotent."""
-    if cfg.preset not in ("none", "paper"):
-        raise ValueError(f"--mpc.preset must be none or paper, got {cfg.preset!r}.")
-    paper = cfg.preset == "paper"
-    changes: dict[str, Any] = dict(PAPER_PRESET) if paper else {}
-    for name, value in (PAPER_DEFAULTS if paper else PLAIN_DEFAULTS).items():
-        if getattr(cfg, name) is None:
-            changes[name] = value
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--mpc.preset must be one of {', '.join(PRESETS)}, got {cfg.preset!r}.")
+    fill = PRESETS[cfg.preset]
+    changes = {name: value for name, value in fill.items() if getattr(cfg, name) is None}
     return dataclasses.replace(cfg, preset="none", **changes)
 
 
@@ -296,8 +315,6 @@ def validate_config(cfg: MPCConfig) -> None:
         raise ValueError(f"--mpc.optimizer must be adam or sgd, got {cfg.optimizer!r}.")
     if cfg.adapt not in ("all", "last_layer"):
         raise ValueError(f"--mpc.adapt must be all or last_layer, got {cfg.adapt!r}.")
-    if cfg.preset not in ("none", "paper"):
-        raise ValueError(f"--mpc.preset must be none or paper, got {cfg.preset!r}.")
     if cfg.update not in ("gradient", "placebo"):
         raise ValueError(f"--mpc.update must be gradient or placebo, got {cfg.update!r}.")
     if cfg.termination not in ("learned", "rule", "smooth-rule"):

@@ -119,7 +119,7 @@ class DemoConfig:
     world_model: WorldModelStage = dataclasses.field(
         default_factory=lambda: WorldModelStage(steps=10_000)
     )
-    eval: EvalStage = dataclasses.field(default_factory=lambda: EvalStage(episodes=3))
+    eval: EvalStage = dataclasses.field(default_factory=lambda: EvalStage(episodes=10))
     progress: bool = True
 
 

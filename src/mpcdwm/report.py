@@ -328,22 +328,23 @@ def find_eval_files(paths: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
-def _mpc_defaults() -> dict[str, Any]:
-    from mpcdwm.mpc import MPCConfig, resolve
+def recorded_mpc(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Every MPCConfig setting (resolved) that the planners of an eval.json ran with.
 
-    return dataclasses.asdict(resolve(MPCConfig()))
+    ``data["mpc"]`` (the settings in effect, a preset applied) in current files;
+    ``data["config"]["mpc"]`` in older ones. A field a file lacks (written before the field
+    existed) or records as None (an unresolved config) ran as it did then: the whole reward
+    ensemble's mean as the imagined reward, and the earlier default budget, which is the
+    ``reference`` preset since 2026-11-26 (Adam, E=5, no warm start, M=16, lr=3e-5).
+    """
+    from mpcdwm.mpc import PRESETS, MPCConfig, resolve
+
+    legacy = {"reward_ensemble": True, **PRESETS["reference"]}
+    recorded = data.get("mpc") or (data.get("config") or {}).get("mpc") or {}
+    recorded = {k: v for k, v in recorded.items() if v is not None or k not in legacy}
+    return {**dataclasses.asdict(resolve(MPCConfig())), **legacy, **recorded}
 
 
-def _resolved_by_default() -> tuple[str, ...]:
-    """MPCConfig fields whose None means "the default" (filled in by ``mpc.resolve``)."""
-    from mpcdwm.mpc import PLAIN_DEFAULTS
-
-    return tuple(PLAIN_DEFAULTS)
-
-
-LEGACY_MPC = {"reward_ensemble": True}
-"""MPCConfig fields added after files were written, with what those files ran: before the
-option existed, imagined rewards were the whole reward ensemble's mean."""
 NOT_METHOD = ("diagnostics", "unroll")
 """MPCConfig fields that do not change what a planner does (extra diagnostics rollouts, how
 XLA compiles the horizon loop), so not part of a method's identity."""
@@ -441,14 +442,9 @@ def _results_from(data: dict[str, Any], eval_file: Path) -> list[Result]:
         },
         sort_keys=True,
     )
-    # Fields added to MPCConfig after a file was written ran at their defaults then.
-    # "mpc" (top level): the settings in effect, a preset applied; older files: the config's.
-    recorded = data.get("mpc") or config.get("mpc") or {}
-    # An unresolved config (None = "the default") counts as that default.
-    defaulted = _resolved_by_default()
-    recorded = {k: v for k, v in recorded.items() if v is not None or k not in defaulted}
-    mpc = {**_mpc_defaults(), **LEGACY_MPC, **recorded}
-    mpc = {k: v for k, v in mpc.items() if k not in NOT_METHOD}
+    mpc = {k: v for k, v in recorded_mpc(data).items() if k not in NOT_METHOD}
+    # A value chosen per run by a rule is the rule, so seeds with their own values pool.
+    mpc |= {k: f"chosen: {rule}" for k, rule in (data.get("chosen_by") or {}).items()}
     results = []
     for name, res in planners.items():
         if not isinstance(res, dict) or "returns" not in res:
