@@ -93,6 +93,13 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=None, help="default: each preset's")
+    p.add_argument(
+        "--agent-set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override agent config fields, as train-agent --agent-set (e.g. actor_bc_coef=0.1)",
+    )
     p.add_argument("--eval-every", type=int, default=10_000)
     p.add_argument("--episodes", type=int, default=10, help="final evaluation episodes")
     p.add_argument("--out", type=Path, default=Path("runs/agents_d4rl"))
@@ -116,6 +123,7 @@ def main() -> None:
                             out=run,
                             seed=seed,
                             batch_size=args.batch_size,
+                            agent_set=tuple(args.agent_set),
                             eval_every=args.eval_every,
                             eval_episodes=10,
                             progress=not args.no_progress,
