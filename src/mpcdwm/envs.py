@@ -45,6 +45,12 @@ MAZE_DEFAULTS: dict[str, Any] = {"continuing_task": False, "reset_target": False
 ANTMAZE_V5_DEFAULTS: dict[str, Any] = {"include_cfrc_ext_in_observation": False}
 """AntMaze-v5 without the 84 contact-force columns, sized like D4RL's observations."""
 
+MPCDWM_ENVS: dict[str, dict[str, Any]] = {
+    "mpcdwm/AntGoal-v0": {"entry_point": "mpcdwm.maze:AntGoalEnv", "max_episode_steps": 500},
+}
+"""Environments this package defines (registered with Gymnasium on first use): the
+goal-reaching ant whose policy walks AntMaze's waypoints (:class:`mpcdwm.maze.AntGoalEnv`)."""
+
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make(env_id)`` with dict observations flattened.
@@ -53,6 +59,8 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     ``kwargs`` override them. Raises a clear error for unknown ids and for maze
     ids without the extra.
     """
+    if env_id in MPCDWM_ENVS and env_id not in gym.registry:
+        gym.register(env_id, **MPCDWM_ENVS[env_id])
     if "Maze" in env_id:
         defaults = dict(MAZE_DEFAULTS)
         if env_id.startswith("AntMaze") and env_id.endswith("-v5"):

@@ -14,9 +14,12 @@ next one starts from a new random start/goal, which matches the evaluation episo
 Flattened PointMaze observation (``DICT_OBS_ORDER``): ``[achieved_goal(2), x, y, vx, vy,
 desired_goal(2)]`` = 8 columns.
 
-AntMaze gap: collecting AntMaze needs a goal-conditioned low-level locomotion policy;
-it is not built here. AntMaze is supported through loading D4RL HDF5 files (goal from
-``infos/goal`` appended) and Minari ``D4RL/antmaze`` datasets, see :mod:`mpcdwm.data`.
+AntMaze: collecting it needs a goal-conditioned low-level locomotion policy, as D4RL's
+did. :class:`AntGoalEnv` (``mpcdwm/AntGoal-v0``) is the task such a policy is trained on
+(``mpcdwm collect --env mpcdwm/AntGoal-v0 --recipe expert`` trains the project's online TD3
+on it, checkpointed and resumable): Gymnasium's Ant walking to goals 2-5 m away. AntMaze
+datasets are also loaded from D4RL HDF5 files (goal from ``infos/goal`` appended) and
+Minari ``D4RL/antmaze`` datasets, see :mod:`mpcdwm.data`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from mpcdwm.envs import limit_kwargs, make_env
@@ -36,6 +40,107 @@ POINTMAZE_NOISE = 0.3
 """Default std of the Gaussian action noise added to the BFS controller's actions (actions in
 [-1, 1]), for the Python API and ``mpcdwm collect`` alike: enough spread for an offline
 learner to see recoveries, little enough that (almost) every episode reaches its goal."""
+
+
+ANT_OBS_DIM = 27
+"""Gymnasium Ant-v5 without x/y and contact forces: ``qpos[2:]`` (13) + ``qvel`` (14), the
+layout of AntMaze-v5's ``observation`` (and of D4RL's AntMaze ant)."""
+
+
+class AntGoalEnv(gym.Env):
+    """Gymnasium's Ant (v5) walking to a goal: the low-level task of AntMaze collection.
+
+    Observation ``(29,)``: the ant's own 27 entries (:data:`ANT_OBS_DIM`) then the goal
+    relative to the torso, ``goal_xy - ant_xy`` (world frame; the orientation is in the
+    ant's entries), so a policy trained here follows any waypoint given that way, AntMaze's
+    included. Goals are drawn around the ant at a distance uniform in ``goal_distance``
+    (metres) and a uniform angle. Reward per step: the torso's velocity toward the goal
+    (m/s, the progress ``(d_before - d_after) / dt``) plus Ant-v5's own survive bonus,
+    control cost and contact cost, so walking to the goal replaces walking along x. A goal
+    counts as reached within ``goal_radius``: with ``resample_goal`` (training) a new goal
+    is drawn and the episode goes on; without (evaluation), the episode ends there.
+    Unhealthy ants end the episode as in Ant-v5. ``info``: ``goal`` (2,), ``success``
+    (this step reached it), ``goals_reached`` (this episode). Registered as
+    ``mpcdwm/AntGoal-v0`` (500 steps, 25 s) by :func:`mpcdwm.envs.make_env`.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        goal_distance: tuple[float, float] = (2.0, 5.0),
+        goal_radius: float = 0.5,
+        resample_goal: bool = True,
+        **ant_kwargs: Any,
+    ) -> None:
+        if not 0 < goal_distance[0] <= goal_distance[1] or not goal_radius > 0:
+            raise ValueError(
+                f"AntGoalEnv needs 0 < goal_distance[0] <= goal_distance[1] and goal_radius > 0, "
+                f"got {goal_distance} and {goal_radius}."
+            )
+        kwargs = {"include_cfrc_ext_in_observation": False, **ant_kwargs}
+        # The bare MuJoCo env: the time limit is this env's (its registration), not Ant's.
+        self.ant = gym.make("Ant-v5", **kwargs).unwrapped
+        if self.ant.observation_space.shape != (ANT_OBS_DIM,):
+            raise ValueError(
+                f"AntGoalEnv needs Ant-v5's {ANT_OBS_DIM}-entry observation (no x/y, no contact "
+                f"forces), got {self.ant.observation_space.shape} from {ant_kwargs}."
+            )
+        self.goal_distance = (float(goal_distance[0]), float(goal_distance[1]))
+        self.goal_radius = float(goal_radius)
+        self.resample_goal = resample_goal
+        self.action_space = self.ant.action_space
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (ANT_OBS_DIM + 2,), np.float32)
+        self.goal = np.zeros(2)
+        self.goals_reached = 0
+
+    @property
+    def dt(self) -> float:
+        return float(self.ant.dt)
+
+    def xy(self) -> np.ndarray:
+        """The torso's (x, y), shape (2,)."""
+        return np.array(self.ant.data.qpos[:2], dtype=np.float64)
+
+    def _draw_goal(self) -> np.ndarray:
+        distance = self.np_random.uniform(*self.goal_distance)
+        angle = self.np_random.uniform(0.0, 2.0 * np.pi)
+        return self.xy() + distance * np.array([np.cos(angle), np.sin(angle)])
+
+    def _obs(self, ant_obs: np.ndarray) -> np.ndarray:
+        return np.concatenate([ant_obs, self.goal - self.xy()]).astype(np.float32)
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {"goal": self.goal.copy(), "success": success, "goals_reached": self.goals_reached}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        # The ant's reset noise comes from this env's generator: one seed fixes the episode.
+        ant_obs, _ = self.ant.reset(seed=int(self.np_random.integers(2**31)))
+        self.goal = self._draw_goal()
+        self.goals_reached = 0
+        return self._obs(ant_obs), self._info(False)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        before = np.linalg.norm(self.goal - self.xy())
+        ant_obs, _, terminated, _, info = self.ant.step(action)
+        after = np.linalg.norm(self.goal - self.xy())
+        reward = (before - after) / self.dt + sum(
+            float(info[k]) for k in ("reward_survive", "reward_ctrl", "reward_contact")
+        )
+        success = bool(after < self.goal_radius)
+        if success:
+            self.goals_reached += 1
+            if self.resample_goal:
+                self.goal = self._draw_goal()
+            else:
+                terminated = True
+        return self._obs(ant_obs), float(reward), bool(terminated), False, self._info(success)
+
+    def close(self) -> None:
+        self.ant.close()
 
 
 def bfs_path(maze_map: list[list[int]], start: Cell, goal: Cell) -> list[Cell]:

@@ -1,0 +1,74 @@
+"""The goal-reaching ant (mpcdwm.maze.AntGoalEnv) on real MuJoCo: the low-level task that
+AntMaze collection needs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpcdwm.envs import make_env
+from mpcdwm.maze import ANT_OBS_DIM, AntGoalEnv
+
+
+def _moving(env, velocity_x: float) -> tuple[float, dict]:
+    """One zero-torque step after giving the torso an x-velocity; (reward, info)."""
+    ant = env.unwrapped.ant
+    qpos, qvel = ant.data.qpos.copy(), ant.data.qvel.copy()
+    qvel[0] = velocity_x
+    ant.set_state(qpos, qvel)
+    _, reward, _, _, info = env.step(np.zeros(env.action_space.shape, np.float32))
+    return reward, info
+
+
+def test_observation_is_the_ants_then_the_goal_relative_to_it():
+    env = make_env("mpcdwm/AntGoal-v0")
+    assert env.spec.max_episode_steps == 500
+    obs, info = env.reset(seed=3)
+    ant = env.unwrapped.ant
+    assert obs.shape == (ANT_OBS_DIM + 2,) and obs.dtype == np.float32
+    # AntMaze-v5's ant layout: qpos without x/y, then qvel.
+    np.testing.assert_allclose(obs[:13], ant.data.qpos[2:], atol=1e-6)
+    np.testing.assert_allclose(obs[13:ANT_OBS_DIM], ant.data.qvel, atol=1e-6)
+    np.testing.assert_allclose(obs[ANT_OBS_DIM:], info["goal"] - ant.data.qpos[:2], atol=1e-5)
+    assert 2.0 <= np.linalg.norm(obs[ANT_OBS_DIM:]) <= 5.0
+    again, _ = make_env("mpcdwm/AntGoal-v0").reset(seed=3)
+    np.testing.assert_array_equal(obs, again)  # one seed fixes the start and the goal
+    other, _ = env.reset(seed=4)
+    assert not np.allclose(other[ANT_OBS_DIM:], obs[ANT_OBS_DIM:])
+
+
+def test_reward_pays_velocity_toward_the_goal():
+    env = make_env("mpcdwm/AntGoal-v0")
+    env.reset(seed=0)
+    goal_ahead = env.unwrapped.xy() + np.array([3.0, 0.0])
+    rewards = {}
+    for v in (2.0, -2.0):
+        env.reset(seed=0)
+        env.unwrapped.goal = goal_ahead.copy()
+        rewards[v], info = _moving(env, v)
+        assert not info["success"]
+    # Walking toward the goal at 2 m/s earns about 4 per step more than walking away.
+    assert rewards[2.0] - rewards[-2.0] == pytest.approx(4.0, abs=1.0)
+    assert rewards[2.0] > 1.0 > rewards[-2.0]
+
+
+def test_reaching_the_goal_draws_a_new_one_or_ends_the_episode():
+    env = make_env("mpcdwm/AntGoal-v0")
+    env.reset(seed=1)
+    near = env.unwrapped.xy() + np.array([0.1, 0.0])
+    env.unwrapped.goal = near.copy()
+    obs, _, terminated, _, info = env.step(np.zeros(8, np.float32))
+    assert info["success"] and info["goals_reached"] == 1 and not terminated
+    assert 1.5 <= np.linalg.norm(obs[ANT_OBS_DIM:]) <= 5.5  # a new goal 2-5 m from the ant
+    evaluation = make_env("mpcdwm/AntGoal-v0", resample_goal=False)
+    evaluation.reset(seed=1)
+    evaluation.unwrapped.goal = evaluation.unwrapped.xy() + np.array([0.1, 0.0])
+    _, _, terminated, _, info = evaluation.step(np.zeros(8, np.float32))
+    assert info["success"] and terminated
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="goal_distance"):
+        AntGoalEnv(goal_distance=(5.0, 2.0))
+    with pytest.raises(ValueError, match="27-entry observation"):
+        AntGoalEnv(include_cfrc_ext_in_observation=True)
