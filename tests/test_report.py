@@ -203,6 +203,29 @@ def test_a_value_chosen_by_a_rule_pools_seeds_under_the_rule(tmp_path):
     assert rows[(d, "mpc (ensemble_penalty=100.0)")].score.n_seeds == 1
 
 
+def test_a_gradient_method_is_paired_with_its_placebo(tmp_path):
+    """Gain over the placebo: the same planner and settings with a random update, on the same
+    episodes; a method without a placebo run gets none, and the table says so."""
+    plc = MPCConfig(lr=5e-6, update="placebo")
+    agent = str(tmp_path / "agent")  # one agent checkpoint: its runs pair
+    a = run_eval(tmp_path, "g", mpc=MPCConfig(lr=5e-6), shift=30.0, agent_dir=agent)
+    b = run_eval(tmp_path, "p", mpc=plc, shift=-10.0, agent_dir=agent)
+    c = run_eval(tmp_path, "other", mpc=MPCConfig(lr=5e-5), shift=5.0, agent_dir=agent)
+    summary = summarize_files(a, b, c)
+    rows = entries_by_label(summary)
+    d = "mpcdwm/hopper-medium-v0"
+    gradient = rows[(d, "mpc (lr=5e-06, update=gradient)")]
+    # Returns differ by 40 on every episode; in score units of Hopper's reference range.
+    assert gradient.over_placebo.value == pytest.approx(
+        100 * 40.0 / (HOPPER_REF[1] - HOPPER_REF[0])
+    )
+    assert gradient.over_placebo.episodes == (10,)
+    assert rows[(d, "mpc (lr=5e-05, update=gradient)")].over_placebo is None
+    assert rows[(d, "mpc (lr=5e-06, update=placebo)")].over_placebo is None
+    (table,) = [t for t in build_tables(summary) if t.title == "Paired gain over the placebo"]
+    assert [r[0] for r in table.rows] == ["mpc (lr=5e-06, update=gradient)"]
+
+
 def test_seeds_of_one_method_group_into_one_row(tmp_path):
     a = run_eval(tmp_path, "s0", seed=0)
     b = run_eval(tmp_path, "s1", seed=1)

@@ -566,6 +566,9 @@ class Entry:
     gain_partial: bool  # the gain uses a subset of the method's seeds/episodes
     latency_ms: float
     sources: tuple[Path, ...]
+    over_placebo: Estimate | None = None
+    """Paired gain over the method's placebo (:func:`placebo_twin`) on the episodes both ran;
+    None without one."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -635,6 +638,8 @@ def summarize(results: Sequence[Result]) -> Summary:
         if method.planner != BASE:
             gain, partial = _gain(by_seed, bases, unit[d])
         runs = list(by_seed.values())
+        twin = groups.get((d, placebo_twin(method)))
+        over_placebo = None if twin is None else _over_twin(by_seed, twin, unit[d])
         entries[(d, method)] = Entry(
             dataset=d,
             method=method,
@@ -648,6 +653,7 @@ def summarize(results: Sequence[Result]) -> Summary:
             if any(math.isfinite(r.latency_median_ms) for r in runs)
             else math.nan,
             sources=tuple(sorted({r.source for r in runs})),
+            over_placebo=over_placebo,
         )
     score_sets = tuple(d for d in datasets if unit[d] == "score")
     aggregates = []
@@ -708,6 +714,32 @@ def _paired_values(
         method_vals[seed] = _values(r, unit)[:k]
         base_vals[seed] = _values(b, unit)[:k]
     return (method_vals, base_vals), partial
+
+
+def placebo_twin(method: Method) -> Method:
+    """The placebo of a method that adapts by gradient: the same knobs with
+    ``mpc.update = placebo`` (the same planner moving the action as much along a random
+    direction). A method that is no such planner is its own twin (and has no placebo)."""
+    knobs = dict(method.knobs)
+    if knobs.get("mpc.update") != json.dumps("gradient") or method.planner == BASE:
+        return method
+    knobs["mpc.update"] = json.dumps("placebo")
+    return Method(method.planner, tuple(sorted(knobs.items())))
+
+
+def _over_twin(
+    by_seed: Mapping[int, Result], twin: Mapping[int, Result], unit: str
+) -> Estimate | None:
+    """Paired ``method - twin`` over the seeds both ran on the same agent checkpoint and
+    episodes (the first ``min`` episodes of each seed); None when none pair."""
+    method_vals, twin_vals = {}, {}
+    for seed, r in by_seed.items():
+        other = twin.get(seed)
+        if other is None or other is r or other.pairing != r.pairing:
+            continue
+        k = min(len(r.returns), len(other.returns))
+        method_vals[seed], twin_vals[seed] = _values(r, unit)[:k], _values(other, unit)[:k]
+    return paired_gain(method_vals, twin_vals) if method_vals else None
 
 
 def _gain(
@@ -843,6 +875,29 @@ def build_tables(summary: Summary) -> list[Table]:
                 "gain", "Paired gain over the base agent", tuple(header), tuple(rows), tuple(notes)
             )
         )
+        with_twin = [
+            m
+            for m in planners
+            if any(e.over_placebo for (_, mm), e in summary.entries.items() if mm == m)
+        ]
+        if with_twin:
+            header = ["method", *(f"{d} ({summary.unit[d]})" for d in summary.datasets)]
+            rows = []
+            for m in with_twin:
+                cells = [summary.labels[m]]
+                for d in summary.datasets:
+                    e = summary.entries.get((d, m))
+                    ok = e is not None and e.over_placebo is not None
+                    cells.append(e.over_placebo.text(signed=True) if ok else "-")
+                rows.append(tuple(cells))
+            note = (
+                "The method minus its placebo (the same planner and settings, its update replaced "
+                "by a random direction that moves the action as much) on the same episodes: a "
+                "gain counts only beyond the placebo's; " + stats_note
+            )
+            tables.append(
+                Table("gain", "Paired gain over the placebo", tuple(header), tuple(rows), (note,))
+            )
         tables.append(diagnostics_table(summary, planners))
     return tables
 
@@ -926,6 +981,7 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
                 "return": e.ret.to_dict(),
                 "gain": e.gain.to_dict() if e.gain else None,
                 "gain_partial": e.gain_partial,
+                "over_placebo": e.over_placebo.to_dict() if e.over_placebo else None,
                 "latency_ms": _finite_or_none(e.latency_ms),
                 "no_score_reason": summary.no_score.get(d),
                 "sources": [str(p) for p in e.sources],
@@ -949,6 +1005,7 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
             "seed": BOOTSTRAP_SEED,
             "resampled": "episodes pooled over seeds (stratified by dataset across datasets)",
             "gain": "planner minus base, paired by (seed, episode index)",
+            "over_placebo": "planner minus its placebo twin, paired by (seed, episode index)",
         },
         "methods": methods,
         "aggregates": aggregates,
