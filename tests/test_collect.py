@@ -188,6 +188,27 @@ def test_resume_continues_the_interrupted_run(pendulum):
     assert (cfg.agent_dir / CHECKPOINT_NAME).is_file()
 
 
+def test_load_policy_acts_as_the_trained_online_agent(pendulum, tmp_path):
+    """The policy read back from the checkpoint reproduces the run's last evaluation."""
+    from mpcdwm.online_td3 import load_policy, to_env_action
+    from mpcdwm.rollout import run_episodes
+
+    cfg, _, _, run = pendulum
+    policy, progress = load_policy(cfg.agent_dir)
+    assert progress["env_steps"] == 4000 and progress["evals"] == run.evals
+    low, high = np.array([-3.0]), np.array([3.0])  # InvertedPendulum-v5's action bounds
+    stats = run_episodes(
+        cfg.env,
+        lambda obs: (to_env_action(policy(obs), low, high), {}),
+        episodes=cfg.eval_episodes,
+        seed=cfg.seed * 100_003 + 1_000_000,  # the online evaluation's episodes
+        max_steps=cfg.max_episode_steps,
+    )
+    assert float(np.mean(stats.returns)) == pytest.approx(run.evals[-1]["return"], rel=1e-6)
+    with pytest.raises(CheckpointError, match="no online agent"):
+        load_policy(tmp_path)
+
+
 def test_online_agent_also_checkpoints_by_wall_time(tmp_path, monkeypatch):
     """--checkpoint-minutes reaches the online TD3 loop: with 0 it saves after every chunk,
     though --checkpoint-every alone would save only at the end (a kill would lose it all)."""

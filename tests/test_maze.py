@@ -13,9 +13,14 @@ pytest.importorskip("gymnasium_robotics")
 from mpcdwm.data import load_dataset  # noqa: E402
 from mpcdwm.envs import make_env  # noqa: E402
 from mpcdwm.maze import (  # noqa: E402
+    ANT_OBS_DIM,
     POINTMAZE_NOISE,
+    antmaze_cells,
     bfs_path,
+    collect_antmaze,
     collect_pointmaze,
+    play_cells,
+    write_antmaze_dataset,
     write_pointmaze_dataset,
 )
 
@@ -159,3 +164,94 @@ def test_pointmaze_dataset_relative_out_lands_in_the_working_directory(tmp_path,
     path = write_pointmaze_dataset("PointMaze_UMaze-v3", episodes=2, seed=5, out="rel/d")
     assert path == str(tmp_path / "rel" / "d") and (tmp_path / "rel" / "d" / "data").is_dir()
     assert load_dataset(path).observations.shape[1] == 8
+
+
+# --------------------------------------------------------------------------- AntMaze
+
+
+@pytest.fixture(scope="module")
+def ant_policy():
+    """A real (untrained) TD3 actor over the goal-reaching ant's 29 inputs, jitted."""
+    import jax
+
+    from mpcdwm.agents import rebrac
+
+    td3 = rebrac.td3_config()
+    actor = rebrac.init(td3, jax.random.key(0), ANT_OBS_DIM + 2, 8).actor
+    act = jax.jit(lambda obs: rebrac.act(td3, actor, obs))
+    return lambda obs: np.asarray(act(obs))
+
+
+def test_antmaze_episodes_end_at_the_goal_with_reward_1(ant_policy):
+    """One free cell: start and goal share it (the env's position noise apart), so some
+    episodes start within reach. Reward 1 exactly where the ant is within 0.45 of the goal,
+    and there the episode ends; the others run to the time limit with reward 0."""
+    one_cell = [[1, 1, 1], [1, 0, 1], [1, 1, 1]]
+    data = collect_antmaze(
+        "AntMaze_UMaze-v5",
+        ant_policy,
+        recipe="diverse",
+        steps=200,
+        seed=0,
+        max_episode_steps=5,
+        env_kwargs={"maze_map": one_cell},
+    )
+    nxt = data["next_observations"]
+    assert data["observations"].shape[1] == 2 + ANT_OBS_DIM + 2
+    reached = np.linalg.norm(nxt[:, :2] - nxt[:, -2:], axis=1) <= 0.45
+    np.testing.assert_array_equal(data["rewards"] == 1.0, reached)
+    np.testing.assert_array_equal(data["terminals"], reached)
+    assert reached.sum() >= 1 and set(np.unique(data["rewards"])) <= {0.0, 1.0}
+    ends = data["terminals"] | data["truncations"]
+    assert ends[-1] and not (data["terminals"] & data["truncations"]).any()
+    assert np.all(np.abs(data["actions"]) <= 1.0)  # noisy actions clipped to Ant's bounds
+
+
+def test_antmaze_dataset_round_trip_and_play_cells(ant_policy, tmp_path):
+    env_id = "AntMaze_UMaze-v5"
+    assert play_cells(env_id) == [(1, 1), (3, 1)]
+    maze_map = make_env(env_id).unwrapped.maze.maze_map
+    assert antmaze_cells(maze_map, env_id, "play") == [(1, 1), (3, 1)]
+    assert len(antmaze_cells(maze_map, env_id, "diverse")) == 7
+    with pytest.raises(ValueError, match="recipes"):
+        antmaze_cells(maze_map, env_id, "random")
+    out = write_antmaze_dataset(
+        env_id, ant_policy, recipe="play", steps=120, seed=1, max_episode_steps=40,
+        out=str(tmp_path / "antmaze-umaze-play"),
+    )  # fmt: skip
+    ds = load_dataset(out)
+    assert ds.observations.shape == (120, 31) and ds.actions.shape == (120, 8)
+    assert (ds.ref_min_score, ds.ref_max_score) == (0.0, 1.0)
+    assert ds.metadata["mpcdwm_recipe"] == "play"
+    # Every episode starts in one of the play cells (within the env's position noise).
+    maze = make_env(env_id).unwrapped.maze
+    starts = ds.observations[np.r_[0, np.flatnonzero(ds.timeouts | ds.terminals)[:-1] + 1]]
+    for xy in starts[:, :2]:
+        assert tuple(int(v) for v in maze.cell_xy_to_rowcol(xy)) in [(1, 1), (3, 1)]
+
+
+def test_collect_command_drives_the_trained_ant_through_antmaze(tmp_path):
+    """`collect --env AntMaze_... --recipe play` loads the online TD3 agent of
+    mpcdwm/AntGoal-v0 (here a few hundred steps of it) and records the maze with it."""
+    from mpcdwm.checkpoint import CheckpointError
+    from mpcdwm.collect import ANT_GOAL_ENV, CollectConfig, collect
+    from mpcdwm.online_td3 import train_online
+
+    ant = CollectConfig(
+        env=ANT_GOAL_ENV, train_steps=300, start_steps=200, chunk=100, eval_every=300,
+        eval_episodes=1, max_episode_steps=50, agent_dir=tmp_path / "ant", progress=False,
+    )  # fmt: skip
+    assert train_online(ant).env_steps == 300
+    cfg = CollectConfig(
+        env="AntMaze_UMaze-v5", recipe="play", steps=100, seed=2, max_episode_steps=40,
+        agent_dir=tmp_path / "ant", out=tmp_path / "maze", progress=False,
+    )  # fmt: skip
+    ds = load_dataset(collect(cfg))
+    assert ds.observations.shape == (120, 31)  # whole episodes of 40 steps
+    assert ds.metadata["mpcdwm_low_level_env_steps"] == 300
+    assert ds.metadata["mpcdwm_recipe"] == "play"
+    with pytest.raises(ValueError, match="does not apply"):
+        collect(dataclasses.replace(cfg, recipe="medium", out=tmp_path / "bad"))
+    with pytest.raises(CheckpointError, match="goal-reaching ant.*mpcdwm/AntGoal-v0"):
+        collect(dataclasses.replace(cfg, agent_dir=tmp_path / "none", out=tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()

@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mpcdwm import maze
 from mpcdwm.agents import rebrac
-from mpcdwm.checkpoint import load_checkpoint
+from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.configs import FIELD_RULES, POSITIVE_INT, check_config
 from mpcdwm.data import ref_scores_for
 from mpcdwm.envs import limit_kwargs, make_env
@@ -55,14 +55,25 @@ from mpcdwm.online_td3 import (
     Params,
     default_agent_dir,
     episode_returns,
+    load_policy,
     random_return,
     record_rollout,
     to_env_action,
     train_online,
 )
 
-Recipe = Literal["random", "medium", "medium-replay", "expert", "medium-expert"]
-RECIPES: tuple[str, ...] = ("random", "medium", "medium-replay", "expert", "medium-expert")
+Recipe = Literal["random", "medium", "medium-replay", "expert", "medium-expert", "play", "diverse"]
+RECIPES: tuple[str, ...] = (
+    "random",
+    "medium",
+    "medium-replay",
+    "expert",
+    "medium-expert",
+    "play",
+    "diverse",
+)
+ANT_GOAL_ENV = "mpcdwm/AntGoal-v0"
+"""The low-level ant's task for AntMaze collection (:class:`mpcdwm.maze.AntGoalEnv`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +86,18 @@ class CollectConfig:
     the same defaults): action noise ``rollout_noise`` (default
     :data:`~mpcdwm.maze.POINTMAZE_NOISE` = 0.3) and ``max_episode_steps`` (default the env's
     registered limit).
+
+    AntMaze ids take the recipes ``play`` and ``diverse``
+    (:func:`mpcdwm.maze.write_antmaze_dataset`): the goal-reaching ant in ``agent_dir``
+    (default: the online TD3 agent of ``mpcdwm/AntGoal-v0`` with this seed, trained by
+    ``mpcdwm collect --env mpcdwm/AntGoal-v0 --recipe expert``) follows BFS waypoints, with
+    action noise ``rollout_noise`` (default :data:`~mpcdwm.maze.ANTMAZE_NOISE`).
     """
 
     env: str = "Hopper-v5"
     """Gymnasium environment id (continuous actions)."""
     recipe: Recipe = "medium"
-    """Which D4RL recipe to record."""
+    """Which D4RL recipe to record (AntMaze: play or diverse)."""
     steps: int = 100_000
     """Transitions to record for random/medium/expert (medium-expert: this many of each;
     medium-replay: ignored, it is the whole replay buffer up to the medium point)."""
@@ -188,8 +205,8 @@ def default_dataset_id(cfg: CollectConfig) -> str:
     datasets made differently never share an id, and the same command gives the same id.
     PointMaze: recipe ``bfs`` (its controller), no TD3 settings.
     """
-    maze_env = "PointMaze" in cfg.env
-    recipe = "bfs" if maze_env else cfg.recipe
+    maze_env = "Maze" in cfg.env
+    recipe = "bfs" if "PointMaze" in cfg.env else cfg.recipe
     parts = [_family(cfg.env), recipe, f"s{cfg.seed}"]
     if maze_env or cfg.recipe != "medium-replay":
         parts.append(f"n{_count(cfg.steps)}")
@@ -237,6 +254,12 @@ def _check_config(cfg: CollectConfig) -> None:
     """Every setting in its valid range (one error naming each bad flag), before any work."""
     if cfg.recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {RECIPES}, got {cfg.recipe!r}.")
+    antmaze = cfg.env.startswith("AntMaze")
+    if antmaze != (cfg.recipe in maze.ANTMAZE_RECIPES):
+        raise ValueError(
+            f"--recipe {cfg.recipe} does not apply to {cfg.env}: AntMaze ids take "
+            f"{' or '.join(maze.ANTMAZE_RECIPES)}, other envs the D4RL MuJoCo recipes."
+        )
     check_config(cfg, COLLECT_RULES)
 
 
@@ -269,6 +292,8 @@ def collect(cfg: CollectConfig) -> str:
             dataset_id=dataset_id,
             overwrite=cfg.overwrite,
         )
+    if cfg.env.startswith("AntMaze"):
+        return _collect_antmaze(cfg, dataset_id)
     if cfg.recipe != "random":
         ensure_writable_dir(cfg.agent_dir or default_agent_dir(cfg), "--agent-dir")
     console = Console(stderr=True)
@@ -392,6 +417,35 @@ def collect(cfg: CollectConfig) -> str:
         f"{meta['mpcdwm_dataset_mean_return']:.1f}) to {result}"
     )
     return result
+
+
+def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
+    """AntMaze: drive the trained goal-reaching ant along BFS waypoints (``play``/``diverse``)."""
+    ant_dir = cfg.agent_dir or default_agent_dir(dataclasses.replace(cfg, env=ANT_GOAL_ENV))
+    if not (ant_dir / CHECKPOINT_NAME).exists():
+        raise CheckpointError(
+            f"AntMaze collection drives a goal-reaching ant: no online agent at {ant_dir}. "
+            f"Train it first with `mpcdwm collect --env {ANT_GOAL_ENV} --recipe expert "
+            f"--seed {cfg.seed} --train-steps 1000000` (resumable), or pass --agent-dir."
+        )
+    policy, progress = load_policy(ant_dir)
+    return maze.write_antmaze_dataset(
+        cfg.env,
+        policy,
+        recipe=cfg.recipe,
+        steps=cfg.steps,
+        seed=cfg.seed,
+        noise=maze.ANTMAZE_NOISE if cfg.rollout_noise is None else cfg.rollout_noise,
+        max_episode_steps=cfg.max_episode_steps,
+        out=None if cfg.out is None else str(cfg.out),
+        dataset_id=dataset_id,
+        overwrite=cfg.overwrite,
+        extra_metadata={
+            "mpcdwm_command": command_line(cfg),
+            "mpcdwm_low_level_agent": str(ant_dir),
+            "mpcdwm_low_level_env_steps": int(progress["env_steps"]),
+        },
+    )
 
 
 def _trained_return(cfg: CollectConfig) -> float | None:

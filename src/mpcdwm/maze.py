@@ -1,4 +1,4 @@
-"""Sparse-reward navigation tasks: PointMaze collection and the AntMaze gap.
+"""Sparse-reward navigation tasks: PointMaze and AntMaze collection.
 
 Conventions (see :mod:`mpcdwm.envs`): maze envs get ``continuing_task=False``, so an
 episode ends on the step that reaches the goal with reward 1; the return of an episode
@@ -14,17 +14,21 @@ next one starts from a new random start/goal, which matches the evaluation episo
 Flattened PointMaze observation (``DICT_OBS_ORDER``): ``[achieved_goal(2), x, y, vx, vy,
 desired_goal(2)]`` = 8 columns.
 
-AntMaze: collecting it needs a goal-conditioned low-level locomotion policy, as D4RL's
-did. :class:`AntGoalEnv` (``mpcdwm/AntGoal-v0``) is the task such a policy is trained on
-(``mpcdwm collect --env mpcdwm/AntGoal-v0 --recipe expert`` trains the project's online TD3
-on it, checkpointed and resumable): Gymnasium's Ant walking to goals 2-5 m away. AntMaze
-datasets are also loaded from D4RL HDF5 files (goal from ``infos/goal`` appended) and
-Minari ``D4RL/antmaze`` datasets, see :mod:`mpcdwm.data`.
+AntMaze, made here as D4RL did: :class:`AntGoalEnv` (``mpcdwm/AntGoal-v0``) is the task
+of a goal-reaching low-level ant (``mpcdwm collect --env mpcdwm/AntGoal-v0 --recipe expert``
+trains the project's online TD3 on it, checkpointed and resumable: Gymnasium's Ant walking
+to goals 2-5 m away); :func:`collect_antmaze` drives it along BFS waypoints through
+gymnasium-robotics' AntMaze with D4RL's ``play`` (hand-picked start and goal cells) and
+``diverse`` (any cells) recipes, sparse reward 1 at the goal where the episode ends
+(``mpcdwm collect --env AntMaze_Large-v5 --recipe diverse``). AntMaze datasets are also
+loaded from D4RL HDF5 files (goal from ``infos/goal`` appended) and Minari ``D4RL/antmaze``
+datasets, see :mod:`mpcdwm.data`.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,32 +206,51 @@ def collect_pointmaze(
     maze = env.unwrapped.maze
     rng = np.random.default_rng(seed)
     rows: dict[str, list[Any]] = {k: [] for k in TRANSITION_FIELDS}
+
+    def act(obs: np.ndarray, waypoint: np.ndarray) -> np.ndarray:
+        noisy = waypoint_action(obs[2:4], obs[4:6], waypoint) + noise * rng.standard_normal(2)
+        return np.clip(noisy, -1.0, 1.0).astype(np.float32)
+
     ep = 0
     while (ep < episodes) if episodes is not None else (len(rows["actions"]) < steps):
         obs, _ = env.reset(seed=seed + ep)
         ep += 1
-        goal = obs[6:8]
-        path = bfs_path(
-            maze.maze_map,
-            tuple(maze.cell_xy_to_rowcol(obs[2:4])),
-            tuple(maze.cell_xy_to_rowcol(goal)),
-        )
-        waypoints = [np.asarray(maze.cell_rowcol_to_xy(np.array(c))) for c in path[1:-1]] + [goal]
-        k, done = 0, False
-        while not done:
-            pos, vel = obs[2:4], obs[4:6]
-            while (
-                k < len(waypoints) - 1
-                and np.linalg.norm(waypoints[k] - pos) < 0.5 * maze.maze_size_scaling
-            ):
-                k += 1
-            act = waypoint_action(pos, vel, waypoints[k]) + noise * rng.standard_normal(2)
-            act = np.clip(act, -1.0, 1.0).astype(np.float32)
-            nxt, reward, term, trunc, _ = env.step(act)
-            for key, val in zip(rows, (obs, act, reward, nxt, term, trunc), strict=True):
-                rows[key].append(val)
-            obs, done = nxt, term or trunc
+        start, goal = (tuple(maze.cell_xy_to_rowcol(xy)) for xy in (obs[2:4], obs[6:8]))
+        _drive_episode(env, obs, _waypoints(maze, start, goal, obs[6:8]), act, rows)
     env.close()
+    return _as_transitions(rows)
+
+
+def _waypoints(maze: Any, start: Cell, goal: Cell, goal_xy: np.ndarray) -> list[np.ndarray]:
+    """Centres of the BFS path's cells between ``start`` and ``goal``, then the goal itself."""
+    path = bfs_path(maze.maze_map, start, goal)
+    inner = [np.asarray(maze.cell_rowcol_to_xy(np.array(c)), np.float64) for c in path[1:-1]]
+    return [*inner, goal_xy]
+
+
+def _drive_episode(
+    env: gym.Env,
+    obs: np.ndarray,
+    waypoints: list[np.ndarray],
+    act: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    rows: dict[str, list[Any]],
+) -> None:
+    """Record one episode from ``obs`` into ``rows``: ``act(obs, waypoint)`` heads for the
+    first waypoint not yet passed (within half a cell of the position ``obs[:2]``, the
+    achieved goal of both mazes) until the env ends the episode."""
+    half_cell = 0.5 * env.unwrapped.maze.maze_size_scaling
+    k, done = 0, False
+    while not done:
+        while k < len(waypoints) - 1 and np.linalg.norm(waypoints[k] - obs[:2]) < half_cell:
+            k += 1
+        action = act(obs, waypoints[k])
+        nxt, reward, term, trunc, _ = env.step(action)
+        for key, val in zip(rows, (obs, action, reward, nxt, term, trunc), strict=True):
+            rows[key].append(val)
+        obs, done = nxt, term or trunc
+
+
+def _as_transitions(rows: dict[str, list[Any]]) -> dict[str, np.ndarray]:
     out = {k: np.asarray(v) for k, v in rows.items()}
     for k in ("observations", "actions", "rewards", "next_observations"):
         out[k] = out[k].astype(np.float32)
@@ -267,18 +290,150 @@ def write_pointmaze_dataset(
         max_episode_steps=max_episode_steps,
     )
     name = env_id.split("-")[0].replace("PointMaze_", "").lower()
+    meta = {"mpcdwm_recipe": "bfs-waypoint", "mpcdwm_noise": noise, "mpcdwm_seed": seed}
+    dataset_id = dataset_id or f"mpcdwm/pointmaze-{name}-bfs-v0"
+    return _write_success_dataset(data, env_id, dataset_id, max_episode_steps, meta, out, overwrite)
+
+
+def _write_success_dataset(
+    data: dict[str, np.ndarray],
+    env_id: str,
+    dataset_id: str,
+    max_episode_steps: int | None,
+    metadata: dict[str, Any],
+    out: str | None,
+    overwrite: bool,
+) -> str:
+    """Write a maze dataset whose normalised score is the success rate."""
     return write_minari(
         data,
-        dataset_id=dataset_id or f"mpcdwm/pointmaze-{name}-bfs-v0",
+        dataset_id=dataset_id,
         env_id=env_id,
         max_episode_steps=max_episode_steps,
         ref_min_score=0.0,  # return 0 = goal not reached
         ref_max_score=1.0,  # return 1 = goal reached (episode ends there)
-        extra_metadata={
-            "mpcdwm_recipe": "bfs-waypoint",
-            "mpcdwm_noise": noise,
-            "mpcdwm_seed": seed,
-        },
+        extra_metadata=metadata,
         out=Path(out) if out is not None else None,
         overwrite=overwrite,
     )
+
+
+# --------------------------------------------------------------------------- AntMaze
+
+ANTMAZE_RECIPES: tuple[str, ...] = ("play", "diverse")
+"""D4RL's AntMaze recipes: ``play`` drives between hand-picked start and goal cells,
+``diverse`` between any free cells."""
+ANTMAZE_NOISE = 0.2
+"""Default std of the Gaussian noise added to the goal-reaching ant's actions ([-1, 1])."""
+UMAZE_PLAY_CELLS: list[Cell] = [(1, 1), (3, 1)]
+"""``play`` cells of the U-maze: its two ends (D4RL's umaze task)."""
+
+
+def play_cells(env_id: str) -> list[Cell]:
+    """Hand-picked start/goal cells of ``env_id``'s maze: the cells gymnasium-robotics marks
+    ``c`` in its ``*_DIVERSE_GR`` map of the same maze (Medium, Large), the two ends of the
+    U-maze; empty for other mazes."""
+    if "_UMaze" in env_id:
+        return list(UMAZE_PLAY_CELLS)
+    from gymnasium_robotics.envs.maze import maps
+
+    picked = {"_Medium": maps.MEDIUM_MAZE_DIVERSE_GR, "_Large": maps.LARGE_MAZE_DIVERSE_GR}
+    grid = next((g for key, g in picked.items() if key in env_id), [])
+    return [(r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell == "c"]
+
+
+def antmaze_cells(maze_map: list[list[Any]], env_id: str, recipe: str) -> list[Cell]:
+    """Cells the episodes of ``recipe`` start and end in: every free cell of ``maze_map``
+    (``diverse``), or the :func:`play_cells` that are free in it (``play``; every free cell
+    for mazes without hand-picked cells)."""
+    if recipe not in ANTMAZE_RECIPES:
+        raise ValueError(f"AntMaze recipes are {ANTMAZE_RECIPES}, got {recipe!r}.")
+    free = [(r, c) for r, row in enumerate(maze_map) for c, cell in enumerate(row) if cell != 1]
+    if recipe == "play":
+        return [cell for cell in play_cells(env_id) if cell in free] or free
+    return free
+
+
+def collect_antmaze(
+    env_id: str,
+    policy: Callable[[np.ndarray], np.ndarray],
+    *,
+    recipe: str,
+    steps: int,
+    seed: int,
+    noise: float = ANTMAZE_NOISE,
+    max_episode_steps: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Drive a goal-reaching ant through an AntMaze along BFS waypoints, as D4RL did.
+
+    Each episode draws a start and a goal cell (two different ones when the recipe has
+    more than one, :func:`antmaze_cells`), resets there (the env adds its position noise),
+    and follows the shortest path of cells: ``policy`` (e.g. :func:`mpcdwm.online_td3.load_policy`
+    of an agent trained on :class:`AntGoalEnv`) sees the ant's 27 entries and the next
+    waypoint relative to the torso, its action gets Gaussian ``noise``. Episodes end at the
+    goal (reward 1, terminal) or at the time limit, until at least ``steps`` transitions.
+    ``env_kwargs`` go to the env (e.g. ``maze_map``). Returns collect-style transitions with
+    the flattened observations ``[achieved_goal (2), ant (27), desired_goal (2)]``.
+    """
+    if steps < 1 or noise < 0:
+        raise ValueError(
+            f"AntMaze collection needs steps >= 1 and noise >= 0, got {steps}, {noise}."
+        )
+    if not env_id.startswith("AntMaze"):
+        raise ValueError(f"{env_id!r} is not an AntMaze id (e.g. AntMaze_Large-v5).")
+    env = make_env(env_id, **limit_kwargs(max_episode_steps), **(env_kwargs or {}))
+    maze = env.unwrapped.maze
+    cells = antmaze_cells(maze.maze_map, env_id, recipe)
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[Any]] = {k: [] for k in TRANSITION_FIELDS}
+
+    def act(obs: np.ndarray, waypoint: np.ndarray) -> np.ndarray:
+        low_level = np.concatenate([obs[2 : 2 + ANT_OBS_DIM], waypoint - obs[:2]])
+        action = np.asarray(policy(low_level.astype(np.float32)))
+        action = np.clip(action + noise * rng.standard_normal(action.shape), -1.0, 1.0)
+        return action.astype(np.float32)
+
+    ep = 0
+    while len(rows["actions"]) < steps:
+        picks = rng.choice(len(cells), size=2, replace=len(cells) < 2)
+        start, goal = cells[picks[0]], cells[picks[1]]
+        options = {"reset_cell": np.array(start), "goal_cell": np.array(goal)}
+        obs, _ = env.reset(seed=seed + ep, options=options)
+        ep += 1
+        _drive_episode(env, obs, _waypoints(maze, start, goal, obs[-2:]), act, rows)
+    env.close()
+    return _as_transitions(rows)
+
+
+def write_antmaze_dataset(
+    env_id: str,
+    policy: Callable[[np.ndarray], np.ndarray],
+    *,
+    recipe: str,
+    steps: int,
+    seed: int,
+    out: str | None = None,
+    dataset_id: str | None = None,
+    noise: float = ANTMAZE_NOISE,
+    max_episode_steps: int | None = None,
+    overwrite: bool = False,
+    extra_metadata: dict[str, Any] | None = None,
+) -> str:
+    """Collect with :func:`collect_antmaze` and write a Minari dataset (ref scores 0 and 1:
+    the normalised score is the success rate, as D4RL's AntMaze). Returns the id, or
+    ``out`` as a string."""
+    data = collect_antmaze(
+        env_id,
+        policy,
+        recipe=recipe,
+        steps=steps,
+        seed=seed,
+        noise=noise,
+        max_episode_steps=max_episode_steps,
+    )
+    name = env_id.split("-")[0].replace("AntMaze_", "").lower()
+    meta = {"mpcdwm_recipe": recipe, "mpcdwm_noise": noise, "mpcdwm_seed": seed}
+    dataset_id = dataset_id or f"mpcdwm/antmaze-{name}-{recipe}-v0"
+    meta |= extra_metadata or {}
+    return _write_success_dataset(data, env_id, dataset_id, max_episode_steps, meta, out, overwrite)

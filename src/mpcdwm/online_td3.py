@@ -331,6 +331,40 @@ def _load_run(path: Path, meta: dict[str, Any], template: rebrac.TrainState) -> 
     )
 
 
+def load_policy(agent_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """The greedy policy of the online TD3 agent in ``agent_dir`` (its latest weights), for
+    driving it outside ``collect`` (e.g. the goal-reaching ant through AntMaze).
+
+    Returns ``(policy, progress)``: ``policy(obs (obs_dim,)) -> action (act_dim,)`` in
+    ``[-1, 1]`` (jitted), and the checkpoint's progress record (``env_steps``, ``evals``,
+    ``done``). Raises :class:`~mpcdwm.checkpoint.CheckpointError` naming the folder when
+    there is no trained agent.
+    """
+    path = Path(agent_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        raise CheckpointError(
+            f"no online agent at {path}; train one with `mpcdwm collect --env ENV --recipe "
+            "expert --agent-dir DIR`, or pass the folder that holds it."
+        )
+    raw, meta = load_checkpoint(path, expect={"kind": "collect-online-td3"})
+    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["td3"].items()}
+    td3 = rebrac.ReBRACConfig(**{"network": "flax", **stored})
+    obs_dim = int(np.asarray(raw["buffer"]["observations"]).shape[1])
+    act_dim = int(np.asarray(raw["buffer"]["actions"]).shape[1])
+    template = rebrac.init(td3, jax.random.key(0), obs_dim, act_dim)
+    try:
+        actor = serialization.from_state_dict(template.actor, raw["train"]["actor"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} does not match the online agent ({err}).") from err
+    greedy, _ = _make_actor_fns(td3)
+    actor = jax.tree_util.tree_map(jnp.asarray, actor)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return np.asarray(greedy(actor, jnp.asarray(obs, jnp.float32)))
+
+    return policy, dict(meta["progress"])
+
+
 def _grow(buffer: Transitions, capacity: int) -> Transitions:
     """Copy of ``buffer`` with room for ``capacity`` rows."""
     out = {}
