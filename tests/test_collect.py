@@ -205,6 +205,11 @@ def test_load_policy_acts_as_the_trained_online_agent(pendulum, tmp_path):
         max_steps=cfg.max_episode_steps,
     )
     assert float(np.mean(stats.returns)) == pytest.approx(run.evals[-1]["return"], rel=1e-6)
+    first, _ = load_policy(cfg.agent_dir, snapshot=0)  # the weights of the first evaluation
+    obs = np.zeros(4, np.float32)
+    assert not np.allclose(first(obs), policy(obs))
+    with pytest.raises(CheckpointError, match="snapshots"):
+        load_policy(cfg.agent_dir, snapshot=len(run.evals))
     with pytest.raises(CheckpointError, match="no online agent"):
         load_policy(tmp_path)
 

@@ -331,9 +331,12 @@ def _load_run(path: Path, meta: dict[str, Any], template: rebrac.TrainState) -> 
     )
 
 
-def load_policy(agent_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
-    """The greedy policy of the online TD3 agent in ``agent_dir`` (its latest weights), for
-    driving it outside ``collect`` (e.g. the goal-reaching ant through AntMaze).
+def load_policy(
+    agent_dir: Path, snapshot: int | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """The greedy policy of the online TD3 agent in ``agent_dir``, for driving it outside
+    ``collect`` (e.g. the goal-reaching ant through AntMaze): its latest weights, or those of
+    evaluation number ``snapshot`` (``progress["evals"][snapshot]``; a learning curve).
 
     Returns ``(policy, progress)``: ``policy(obs (obs_dim,)) -> action (act_dim,)`` in
     ``[-1, 1]`` (jitted), and the checkpoint's progress record (``env_steps``, ``evals``,
@@ -352,8 +355,14 @@ def load_policy(agent_dir: Path) -> tuple[Callable[[np.ndarray], np.ndarray], di
     obs_dim = int(np.asarray(raw["buffer"]["observations"]).shape[1])
     act_dim = int(np.asarray(raw["buffer"]["actions"]).shape[1])
     template = rebrac.init(td3, jax.random.key(0), obs_dim, act_dim)
+    snapshots = raw.get("snapshots", {})
+    if snapshot is not None and str(snapshot) not in snapshots:
+        raise CheckpointError(
+            f"{path} has {len(snapshots)} evaluation snapshots; --snapshot {snapshot} is not one."
+        )
+    stored_actor = raw["train"]["actor"] if snapshot is None else snapshots[str(snapshot)]
     try:
-        actor = serialization.from_state_dict(template.actor, raw["train"]["actor"])
+        actor = serialization.from_state_dict(template.actor, stored_actor)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path} does not match the online agent ({err}).") from err
     greedy, _ = _make_actor_fns(td3)
