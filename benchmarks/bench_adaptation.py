@@ -62,7 +62,7 @@ import numpy as np
 from mpcdwm.agents import load_agent
 from mpcdwm.data import load_dataset
 from mpcdwm.envs import health_rule, make_env
-from mpcdwm.evaluate import EvaluateConfig, chosen_by_fields, evaluate
+from mpcdwm.evaluate import EvaluateConfig, chosen_by_fields, evaluate, write_json_atomic
 from mpcdwm.mpc import (
     PAPER_LR_GRID,
     STEP_SIZE_TRUST_REGION,
@@ -173,9 +173,7 @@ def up_to_date(eval_json: Path, cfg: EvaluateConfig) -> bool:
         # Only the label of a rule-chosen value differs (files written before it was
         # recorded): the episodes stand, the label is brought up to date.
         data["chosen_by"] = chosen_by
-        tmp = eval_json.with_name(eval_json.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, eval_json)
+        write_json_atomic(eval_json, data)
     return fresh
 
 

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcdwm.checkpoint import load_checkpoint
 from mpcdwm.envs import make_env
-from mpcdwm.online_td3 import CHECKPOINT_NAME, load_policy
+from mpcdwm.online_td3 import load_policies
 from mpcdwm.report import mean_estimate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ant_goal"
@@ -59,14 +58,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
-    _, meta = load_checkpoint(args.agent_dir / CHECKPOINT_NAME)
-    evals = meta["progress"]["evals"]
+    policies, progress = load_policies(args.agent_dir)  # one per evaluation snapshot
+    evals = progress["evals"]
     chosen = sorted(set(range(0, len(evals), args.every)) | {len(evals) - 1})
     rows = []
     for i in chosen:
         t0 = time.perf_counter()
-        policy, _ = load_policy(args.agent_dir, snapshot=i)
-        reached, steps = success_rate(policy, args.episodes)
+        reached, steps = success_rate(policies[i], args.episodes)
         est = mean_estimate({0: reached})
         rows.append(
             {
@@ -88,8 +86,8 @@ def main() -> None:
     header = {
         "agent_dir": str(args.agent_dir),
         "episodes": args.episodes,
-        "env_steps_trained": int(meta["progress"]["env_steps"]),
-        "done": bool(meta["progress"].get("done", False)),
+        "env_steps_trained": int(progress["env_steps"]),
+        "done": bool(progress.get("done", False)),
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "load_average": os.getloadavg(),
     }

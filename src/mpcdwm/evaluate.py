@@ -135,7 +135,9 @@ def chosen_by_fields(entries: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and a rename: a reader sees
+    the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
     os.replace(tmp, path)
@@ -391,7 +393,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     }
     cfg.out.mkdir(parents=True, exist_ok=True)
     path = cfg.out / "eval.json"
-    _write_json_atomic(path, data)
+    write_json_atomic(path, data)
     if cfg.progress:
         table = Table(title=f"{data['dataset']} ({agent.env_id}), seed {cfg.seed}")
         for col in ("method", "return", "normalized", "latency ms (med/p95)", "fallbacks"):

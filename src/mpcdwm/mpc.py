@@ -181,21 +181,10 @@ class MPCConfig:
     diagnostics (return before the first update, action change, ...) are free and always kept."""
 
 
+_AMORTISED: dict[str, Any] = {"optimizer": "sgd", "adapt_steps": 1, "warm_start": True}
 PRESETS: dict[str, dict[str, Any]] = {
-    "none": {
-        "optimizer": "sgd",
-        "adapt_steps": 1,
-        "warm_start": True,
-        "num_rollouts": 16,
-        "lr": 5e-7,
-    },
-    "paper": {
-        "optimizer": "sgd",
-        "adapt_steps": 1,
-        "warm_start": True,
-        "num_rollouts": 256,
-        "lr": 5e-6,
-    },
+    "none": {**_AMORTISED, "num_rollouts": 16, "lr": 5e-7},
+    "paper": {**_AMORTISED, "num_rollouts": 256, "lr": 5e-6},
     "reference": {
         "optimizer": "adam",
         "adapt_steps": 5,

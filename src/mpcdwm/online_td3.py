@@ -19,7 +19,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from flax import serialization
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mpcdwm.agents import rebrac
+from mpcdwm.agents import config_from_dict, rebrac
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mpcdwm.envs import env_sizes, limit_kwargs, make_env
 from mpcdwm.minari_io import TRANSITION_FIELDS, Transitions
@@ -331,17 +331,19 @@ def _load_run(path: Path, meta: dict[str, Any], template: rebrac.TrainState) -> 
     )
 
 
-def load_policy(
-    agent_dir: Path, snapshot: int | None = None
-) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
-    """The greedy policy of the online TD3 agent in ``agent_dir``, for driving it outside
-    ``collect`` (e.g. the goal-reaching ant through AntMaze): its latest weights, or those of
-    evaluation number ``snapshot`` (``progress["evals"][snapshot]``; a learning curve).
+def load_policies(
+    agent_dir: Path, snapshots: Sequence[int | None] | None = None
+) -> tuple[list[Callable[[np.ndarray], np.ndarray]], dict[str, Any]]:
+    """Greedy policies of the online TD3 agent in ``agent_dir``, for driving it outside
+    ``collect`` (e.g. the goal-reaching ant through AntMaze), from one read of its checkpoint:
+    for each entry of ``snapshots`` the weights of evaluation number ``i``
+    (``progress["evals"][i]``; a learning curve) or, for None, its latest weights; every
+    evaluation's when ``snapshots`` is None.
 
-    Returns ``(policy, progress)``: ``policy(obs (obs_dim,)) -> action (act_dim,)`` in
-    ``[-1, 1]`` (jitted), and the checkpoint's progress record (``env_steps``, ``evals``,
-    ``done``). Raises :class:`~mpcdwm.checkpoint.CheckpointError` naming the folder when
-    there is no trained agent.
+    Returns ``(policies, progress)``: each ``policy(obs (obs_dim,)) -> action (act_dim,)`` in
+    ``[-1, 1]`` (one jitted function shared by all), and the checkpoint's progress record
+    (``env_steps``, ``evals``, ``done``). Raises :class:`~mpcdwm.checkpoint.CheckpointError`
+    naming the folder when there is no trained agent or no such snapshot.
     """
     path = Path(agent_dir) / CHECKPOINT_NAME
     if not path.exists():
@@ -350,28 +352,41 @@ def load_policy(
             "expert --agent-dir DIR`, or pass the folder that holds it."
         )
     raw, meta = load_checkpoint(path, expect={"kind": "collect-online-td3"})
-    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["td3"].items()}
-    td3 = rebrac.ReBRACConfig(**{"network": "flax", **stored})
+    td3 = config_from_dict("rebrac", meta["td3"])
     obs_dim = int(np.asarray(raw["buffer"]["observations"]).shape[1])
     act_dim = int(np.asarray(raw["buffer"]["actions"]).shape[1])
-    template = rebrac.init(td3, jax.random.key(0), obs_dim, act_dim)
-    snapshots = raw.get("snapshots", {})
-    if snapshot is not None and str(snapshot) not in snapshots:
-        raise CheckpointError(
-            f"{path} has {len(snapshots)} evaluation snapshots; --snapshot {snapshot} is not one."
-        )
-    stored_actor = raw["train"]["actor"] if snapshot is None else snapshots[str(snapshot)]
-    try:
-        actor = serialization.from_state_dict(template.actor, stored_actor)
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path} does not match the online agent ({err}).") from err
+    template = rebrac.init(td3, jax.random.key(0), obs_dim, act_dim).actor
+    stored = raw.get("snapshots", {})
+    if snapshots is None:
+        snapshots = sorted(int(k) for k in stored)
     greedy, _ = _make_actor_fns(td3)
-    actor = jax.tree_util.tree_map(jnp.asarray, actor)
+    policies = []
+    for i in snapshots:
+        if i is not None and str(i) not in stored:
+            raise CheckpointError(
+                f"{path} has {len(stored)} evaluation snapshots; --snapshot {i} is not one."
+            )
+        try:
+            actor = serialization.from_state_dict(
+                template, raw["train"]["actor"] if i is None else stored[str(i)]
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path} does not match the online agent ({err}).") from err
+        actor = jax.tree_util.tree_map(jnp.asarray, actor)
 
-    def policy(obs: np.ndarray) -> np.ndarray:
-        return np.asarray(greedy(actor, jnp.asarray(obs, jnp.float32)))
+        def policy(obs: np.ndarray, actor: Params = actor) -> np.ndarray:
+            return np.asarray(greedy(actor, jnp.asarray(obs, jnp.float32)))
 
-    return policy, dict(meta["progress"])
+        policies.append(policy)
+    return policies, dict(meta["progress"])
+
+
+def load_policy(
+    agent_dir: Path, snapshot: int | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """One policy of :func:`load_policies`: the latest weights, or evaluation ``snapshot``'s."""
+    (policy,), progress = load_policies(agent_dir, [snapshot])
+    return policy, progress
 
 
 def _grow(buffer: Transitions, capacity: int) -> Transitions:

@@ -638,8 +638,11 @@ def summarize(results: Sequence[Result]) -> Summary:
         if method.planner != BASE:
             gain, partial = _gain(by_seed, bases, unit[d])
         runs = list(by_seed.values())
-        twin = groups.get((d, placebo_twin(method)))
-        over_placebo = None if twin is None else _over_twin(by_seed, twin, unit[d])
+        over_placebo, twin = None, placebo_twin(method)
+        if twin != method and (d, twin) in groups:
+            # The placebo runs pair like a base does: same agent checkpoint, seed, episodes.
+            twin_runs = {r.pairing: r for r in groups[(d, twin)].values()}
+            over_placebo, _ = _gain(by_seed, twin_runs, unit[d])
         entries[(d, method)] = Entry(
             dataset=d,
             method=method,
@@ -725,21 +728,6 @@ def placebo_twin(method: Method) -> Method:
         return method
     knobs["mpc.update"] = json.dumps("placebo")
     return Method(method.planner, tuple(sorted(knobs.items())))
-
-
-def _over_twin(
-    by_seed: Mapping[int, Result], twin: Mapping[int, Result], unit: str
-) -> Estimate | None:
-    """Paired ``method - twin`` over the seeds both ran on the same agent checkpoint and
-    episodes (the first ``min`` episodes of each seed); None when none pair."""
-    method_vals, twin_vals = {}, {}
-    for seed, r in by_seed.items():
-        other = twin.get(seed)
-        if other is None or other is r or other.pairing != r.pairing:
-            continue
-        k = min(len(r.returns), len(other.returns))
-        method_vals[seed], twin_vals[seed] = _values(r, unit)[:k], _values(other, unit)[:k]
-    return paired_gain(method_vals, twin_vals) if method_vals else None
 
 
 def _gain(
