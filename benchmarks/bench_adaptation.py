@@ -28,7 +28,14 @@ gain pairs episode by episode with the base. Methods (``--methods``):
 * ``reference``: MPCwDWM at the library's plain defaults (Adam, E=5, M=16, H=5), the
   expensive path of the score-vs-latency frontier;
 * ``action-grad`` / ``dream-mpc``: the action-sequence gradient planner and its Dream-MPC
-  form, at their defaults.
+  form, at their defaults;
+* ``dream-mpc-x``: ``dream-mpc`` ranking its candidates by imagined return minus the
+  transition-ensemble disagreement (the same members and weight as ``ensemble``), as the
+  Dream-MPC paper ranks them.
+
+``--no-carry`` restarts every decision from the pretrained weights (``warm_start=False``: one
+gradient step from the pretrained policy per real step) instead of the paper's weights carried
+across the episode; folders get the suffix ``-cold``.
 
 ``--termination rule`` / ``smooth-rule`` ends the imagined episodes of ``paper``, ``placebo``
 and ``ensemble`` by the env's health rule instead of the learned termination model (folders get
@@ -90,6 +97,7 @@ METHODS = (
     "reference",
     "action-grad",
     "dream-mpc",
+    "dream-mpc-x",
 )
 WITH_LR = ("paper", "placebo", "guarded", "guarded-x", "ensemble", "ensemble-placebo")
 
@@ -113,6 +121,8 @@ def method_config(
         return "mpc", MPCConfig(preset="reference")
     if method in ("action-grad", "dream-mpc"):
         return method, MPCConfig(preset="reference")
+    if method == "dream-mpc-x":
+        return "dream-mpc", MPCConfig(preset="reference", ensemble_penalty=ensemble_penalty)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
@@ -198,6 +208,12 @@ def main() -> None:
         choices=["learned", "rule", "smooth-rule"],
         help="what ends imagined episodes in paper/placebo/ensemble (guarded: always rule)",
     )
+    p.add_argument(
+        "--no-carry",
+        action="store_true",
+        help="start every decision from the pretrained weights (warm_start=False) instead of "
+        "carrying the adapted weights across the episode (the paper's)",
+    )
     p.add_argument("--agents", type=Path, default=CACHE / "agents_d4rl")
     p.add_argument("--world-models", type=Path, default=CACHE / "wm_d4rl")
     p.add_argument("--out", type=Path, default=CACHE / "adaptation")
@@ -213,7 +229,12 @@ def main() -> None:
         keep = args.results / name / args.agent / f"seed{seed}"
         keep.mkdir(parents=True, exist_ok=True)
         paper = resolve(
-            MPCConfig(preset="paper", num_rollouts=args.num_rollouts, termination=args.termination)
+            MPCConfig(
+                preset="paper",
+                num_rollouts=args.num_rollouts,
+                termination=args.termination,
+                warm_start=False if args.no_carry else None,
+            )
         )
         if args.lr == "auto":
             rule = {"num_rollouts": args.num_rollouts, "segments": [SEGMENTS, SEGMENT_LENGTH],
@@ -246,12 +267,15 @@ def main() -> None:
                 folder += f"-M{args.num_rollouts}"
             if method in WITH_LR and method not in ("guarded", "guarded-x"):
                 folder += "" if args.termination == "learned" else f"-{args.termination}"
+            if method in WITH_LR and args.no_carry:
+                folder += "-cold"
             judge = other_world[1] if method == "guarded-x" else None
             members, weight = (), 0.0
             chosen_by = ["lr=select_step_size"] if args.lr == "auto" and method in WITH_LR else []
-            if method.startswith("ensemble"):
+            if method.startswith("ensemble") or method == "dream-mpc-x":
                 given = args.ensemble_penalty
-                folder += "-xauto" if given == "auto" else f"-x{float(given):g}"
+                if given != "auto" or method != "dream-mpc-x":
+                    folder += "-xauto" if given == "auto" else f"-x{float(given):g}"
                 members = (other_world[1], other_world[2])
                 weight = ensemble_weight(
                     given, agent_run, wm_run, members, args.dataset, paper, seed, keep
