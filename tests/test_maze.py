@@ -14,8 +14,10 @@ from mpcdwm.data import load_dataset  # noqa: E402
 from mpcdwm.envs import make_env  # noqa: E402
 from mpcdwm.maze import (  # noqa: E402
     ANT_OBS_DIM,
+    D4RL_EVAL_CELLS,
     POINTMAZE_NOISE,
     antmaze_cells,
+    antmaze_eval_id,
     bfs_path,
     collect_antmaze,
     collect_pointmaze,
@@ -44,6 +46,31 @@ def test_env_observation_sizes():
     ant = make_env("AntMaze_UMaze-v5")
     obs, _ = ant.reset(seed=0)
     assert obs.shape == (2 + 27 + 2,)  # D4RL's 29 (xy + 27) + goal 2 = 31
+
+
+@pytest.mark.parametrize("size, limit", [("UMaze", 700), ("Large", 1000)])
+def test_antmaze_eval_task_has_d4rls_fixed_start_and_goal(size, limit):
+    """D4RL evaluates AntMaze from one start to one goal: every reset of the evaluation task
+    starts in the same cell with the same goal cell (position noise apart), where the plain
+    Gymnasium-Robotics id draws them at random; time limit and layout as D4RL's."""
+    env_id = antmaze_eval_id(f"AntMaze_{size}_Diverse_GR-v5")
+    assert env_id == f"mpcdwm/AntMaze_{size}_Eval-v5"
+    env = make_env(env_id)
+    assert env.spec.max_episode_steps == limit and not env.unwrapped.continuing_task
+    maze = env.unwrapped.maze
+
+    def cells(e, seed):
+        obs, _ = e.reset(seed=seed)
+        assert obs.shape == (31,)
+        return tuple(
+            tuple(int(v) for v in maze.cell_xy_to_rowcol(xy)) for xy in (obs[:2], obs[-2:])
+        )
+
+    assert {cells(env, s) for s in range(5)} == {D4RL_EVAL_CELLS[size]}
+    plain = make_env(f"AntMaze_{size}-v5")
+    assert len({cells(plain, s) for s in range(5)}) > 1
+    with pytest.raises(ValueError, match="not an AntMaze"):
+        antmaze_eval_id("PointMaze_UMaze-v3")
 
 
 def test_collection_reaches_goals_more_than_random():
@@ -85,6 +112,8 @@ def test_d4rl_antmaze_file_appends_goal(tmp_path):
         f["infos/goal"] = np.tile([0.5, 8.0], (n, 1)).astype(np.float32)
     ds = load_dataset(path)
     assert ds.observations.shape[1] == 31
+    assert ds.env_id == "mpcdwm/AntMaze_UMaze_Eval-v5"  # evaluated on D4RL's task
+    assert ds.observations.shape[1] == make_env(ds.env_id).observation_space.shape[0]
     goals = np.asarray(ds.observations)[:, -2:]
     np.testing.assert_allclose(goals, np.tile([0.5, 8.0], (len(goals), 1)))
     np.testing.assert_allclose(np.asarray(ds.observations)[:, :29], f_obs[: len(goals)], rtol=1e-6)
@@ -223,6 +252,9 @@ def test_antmaze_dataset_round_trip_and_play_cells(ant_policy, tmp_path):
     assert ds.observations.shape == (120, 31) and ds.actions.shape == (120, 8)
     assert (ds.ref_min_score, ds.ref_max_score) == (0.0, 1.0)
     assert ds.metadata["mpcdwm_recipe"] == "play"
+    # Recorded in the maze's evaluation task (D4RL's fixed start and goal), made in the maze.
+    assert ds.env_id == "mpcdwm/AntMaze_UMaze_Eval-v5"
+    assert ds.metadata["mpcdwm_collect_env"] == env_id
     # Every episode starts in one of the play cells (within the env's position noise).
     maze = make_env(env_id).unwrapped.maze
     starts = ds.observations[np.r_[0, np.flatnonzero(ds.timeouts | ds.terminals)[:-1] + 1]]

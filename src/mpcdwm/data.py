@@ -45,11 +45,12 @@ D4RL_ENV_IDS: dict[str, str] = {
     "halfcheetah": "HalfCheetah-v5",
     "walker2d": "Walker2d-v5",
     "ant": "Ant-v5",
-    # D4RL AntMaze: fixed start and goal cells as Gymnasium-Robotics' "Diverse_GR"
-    # maps (UMaze's default map already has D4RL's layout). See mpcdwm.maze.
-    "antmaze-umaze": "AntMaze_UMaze-v5",
-    "antmaze-medium": "AntMaze_Medium_Diverse_GR-v5",
-    "antmaze-large": "AntMaze_Large_Diverse_GR-v5",
+    # D4RL AntMaze is evaluated from one fixed start to one fixed goal per maze: the
+    # package's evaluation tasks (mpcdwm.maze.make_eval_antmaze; Gymnasium-Robotics' own
+    # ids reset to random cells).
+    "antmaze-umaze": "mpcdwm/AntMaze_UMaze_Eval-v5",
+    "antmaze-medium": "mpcdwm/AntMaze_Medium_Eval-v5",
+    "antmaze-large": "mpcdwm/AntMaze_Large_Eval-v5",
 }
 
 # Fixed order in which dict observations (goal-conditioned maze tasks) are

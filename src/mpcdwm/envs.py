@@ -47,9 +47,19 @@ ANTMAZE_V5_DEFAULTS: dict[str, Any] = {"include_cfrc_ext_in_observation": False}
 
 MPCDWM_ENVS: dict[str, dict[str, Any]] = {
     "mpcdwm/AntGoal-v0": {"entry_point": "mpcdwm.maze:AntGoalEnv", "max_episode_steps": 500},
+    **{
+        f"mpcdwm/AntMaze_{size}_Eval-v5": {
+            "entry_point": "mpcdwm.maze:make_eval_antmaze",
+            "kwargs": {"size": size},
+            "max_episode_steps": steps,  # D4RL's AntMaze time limits
+        }
+        for size, steps in (("UMaze", 700), ("Medium", 1000), ("Large", 1000))
+    },
 }
 """Environments this package defines (registered with Gymnasium on first use): the
-goal-reaching ant whose policy walks AntMaze's waypoints (:class:`mpcdwm.maze.AntGoalEnv`)."""
+goal-reaching ant whose policy walks AntMaze's waypoints (:class:`mpcdwm.maze.AntGoalEnv`),
+and D4RL's AntMaze evaluation tasks, one fixed start and goal per maze
+(:func:`mpcdwm.maze.make_eval_antmaze`): the env AntMaze datasets are evaluated in."""
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
@@ -63,7 +73,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         gym.register(env_id, **MPCDWM_ENVS[env_id])
     if "Maze" in env_id:
         defaults = dict(MAZE_DEFAULTS)
-        if env_id.startswith("AntMaze") and env_id.endswith("-v5"):
+        if "AntMaze" in env_id and env_id.endswith("-v5"):
             defaults.update(ANTMAZE_V5_DEFAULTS)
         kwargs = {**defaults, **kwargs}
         try:

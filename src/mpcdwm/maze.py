@@ -20,9 +20,11 @@ trains the project's online TD3 on it, checkpointed and resumable: Gymnasium's A
 to goals 2-5 m away); :func:`collect_antmaze` drives it along BFS waypoints through
 gymnasium-robotics' AntMaze with D4RL's ``play`` (hand-picked start and goal cells) and
 ``diverse`` (any cells) recipes, sparse reward 1 at the goal where the episode ends
-(``mpcdwm collect --env AntMaze_Large-v5 --recipe diverse``). AntMaze datasets are also
-loaded from D4RL HDF5 files (goal from ``infos/goal`` appended) and Minari ``D4RL/antmaze``
-datasets, see :mod:`mpcdwm.data`.
+(``mpcdwm collect --env AntMaze_Large-v5 --recipe diverse``). Their environment is D4RL's
+evaluation task of the maze (:func:`make_eval_antmaze`, ``mpcdwm/AntMaze_Large_Eval-v5``: one
+fixed start and goal), so agents trained on them are scored as D4RL scores. AntMaze datasets
+are also loaded from D4RL HDF5 files (goal from ``infos/goal`` appended; evaluated on the same
+tasks) and Minari ``D4RL/antmaze`` datasets, see :mod:`mpcdwm.data`.
 """
 
 from __future__ import annotations
@@ -329,6 +331,49 @@ UMAZE_PLAY_CELLS: list[Cell] = [(1, 1), (3, 1)]
 """``play`` cells of the U-maze: its two ends (D4RL's umaze task)."""
 
 
+D4RL_EVAL_CELLS: dict[str, tuple[Cell, Cell]] = {
+    "UMaze": ((1, 1), (3, 1)),
+    "Medium": ((1, 1), (6, 6)),
+    "Large": ((1, 1), (7, 9)),
+}
+"""D4RL's AntMaze evaluation task per maze: one start cell and one goal cell (its ``*_TEST``
+maps: the ant starts in a corner and must reach the far end), in Gymnasium-Robotics' (row,
+column) cells of the same maze."""
+
+
+def eval_maze_map(size: str) -> list[list[Any]]:
+    """Gymnasium-Robotics' ``size`` maze (UMaze, Medium, Large) with D4RL's evaluation start
+    (``r``) and goal (``g``) cells placed (:data:`D4RL_EVAL_CELLS`)."""
+    if size not in D4RL_EVAL_CELLS:
+        raise ValueError(f"AntMaze evaluation mazes are {list(D4RL_EVAL_CELLS)}, got {size!r}.")
+    from gymnasium_robotics.envs.maze import maps
+
+    base = {"UMaze": maps.U_MAZE, "Medium": maps.MEDIUM_MAZE, "Large": maps.LARGE_MAZE}[size]
+    grid = [list(row) for row in base]
+    (rr, rc), (gr, gc) = D4RL_EVAL_CELLS[size]
+    grid[rr][rc], grid[gr][gc] = maps.RESET, maps.GOAL
+    return grid
+
+
+def make_eval_antmaze(size: str, **kwargs: Any) -> gym.Env:
+    """AntMaze-v5 with D4RL's evaluation task: every episode starts in the same cell and has
+    the same goal (the env adds its position noise to both). Registered as
+    ``mpcdwm/AntMaze_{size}_Eval-v5`` with D4RL's time limits (700 steps for UMaze, 1000
+    otherwise; :data:`mpcdwm.envs.MPCDWM_ENVS`); ``kwargs`` go to the env."""
+    from gymnasium_robotics.envs.maze.ant_maze_v5 import AntMazeEnv
+
+    return AntMazeEnv(maze_map=eval_maze_map(size), **kwargs)
+
+
+def antmaze_eval_id(env_id: str) -> str:
+    """The evaluation task (:func:`make_eval_antmaze`) of the maze ``env_id`` runs in, e.g.
+    ``AntMaze_Large_Diverse_GR-v5`` -> ``mpcdwm/AntMaze_Large_Eval-v5``."""
+    for size in D4RL_EVAL_CELLS:
+        if f"AntMaze_{size}" in env_id:
+            return f"mpcdwm/AntMaze_{size}_Eval-v5"
+    raise ValueError(f"{env_id!r} is not an AntMaze UMaze/Medium/Large id.")
+
+
 def play_cells(env_id: str) -> list[Cell]:
     """Hand-picked start/goal cells of ``env_id``'s maze: the cells gymnasium-robotics marks
     ``c`` in its ``*_DIVERSE_GR`` map of the same maze (Medium, Large), the two ends of the
@@ -421,8 +466,10 @@ def write_antmaze_dataset(
     extra_metadata: dict[str, Any] | None = None,
 ) -> str:
     """Collect with :func:`collect_antmaze` and write a Minari dataset (ref scores 0 and 1:
-    the normalised score is the success rate, as D4RL's AntMaze). Returns the id, or
-    ``out`` as a string."""
+    the normalised score is the success rate, as D4RL's AntMaze). The dataset's environment
+    is the maze's evaluation task (:func:`antmaze_eval_id`: D4RL's fixed start and goal, its
+    time limit), which agents trained on it are evaluated in; the maze collection ran in is
+    kept as ``mpcdwm_collect_env``. Returns the id, or ``out`` as a string."""
     data = collect_antmaze(
         env_id,
         policy,
@@ -433,7 +480,14 @@ def write_antmaze_dataset(
         max_episode_steps=max_episode_steps,
     )
     name = env_id.split("-")[0].replace("AntMaze_", "").lower()
-    meta = {"mpcdwm_recipe": recipe, "mpcdwm_noise": noise, "mpcdwm_seed": seed}
+    meta = {
+        "mpcdwm_recipe": recipe,
+        "mpcdwm_noise": noise,
+        "mpcdwm_seed": seed,
+        "mpcdwm_collect_env": env_id,
+    }
     dataset_id = dataset_id or f"mpcdwm/antmaze-{name}-{recipe}-v0"
     meta |= extra_metadata or {}
-    return _write_success_dataset(data, env_id, dataset_id, max_episode_steps, meta, out, overwrite)
+    # The evaluation task's own time limit, not the collection's.
+    eval_id = antmaze_eval_id(env_id)
+    return _write_success_dataset(data, eval_id, dataset_id, None, meta, out, overwrite)
