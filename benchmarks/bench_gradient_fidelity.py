@@ -49,14 +49,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from seed_runs import CACHE, load_seed_runs
 
-from mpcdwm.agents import load_agent
 from mpcdwm.envs import health_rule, make_env
 from mpcdwm.mpc import MPCConfig, make_imagine, resolve
 from mpcdwm.report import bootstrap_ci
-from mpcdwm.world import load_world_model
 
-CACHE = Path.home() / ".cache" / "mpcdwm" / "runs"
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_fidelity"
 
 
@@ -119,10 +117,9 @@ def main() -> None:
     args = p.parse_args()
 
     t_start = time.perf_counter()
-    name = args.dataset.name.removesuffix("-v0")
-    agent = load_agent(args.agents / name / args.agent / f"seed{args.seed}")
-    wm_run = args.world_models / name / "diffusion" / f"seed{args.seed}"
-    world = load_world_model(wm_run, env_id=agent.env_id)
+    name, agent, world, _ = load_seed_runs(
+        args.dataset, args.agent, args.seed, args.agents, args.world_models
+    )
     env = make_env(agent.env_id)
     cfg = resolve(
         MPCConfig(preset="paper", num_rollouts=args.num_rollouts, termination=args.termination)

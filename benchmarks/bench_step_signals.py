@@ -30,14 +30,11 @@ from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
+from seed_runs import CACHE, load_seed_runs
 
-from mpcdwm.agents import load_agent
 from mpcdwm.data import load_dataset
 from mpcdwm.envs import health_rule, make_env
 from mpcdwm.mpc import PAPER_LR_GRID, MPCConfig, Planner, resolve
-from mpcdwm.world import load_world_model
-
-CACHE = Path.home() / ".cache" / "mpcdwm" / "runs"
 
 
 def main() -> None:
@@ -53,10 +50,9 @@ def main() -> None:
     p.add_argument("--world-models", type=Path, default=CACHE / "wm_d4rl")
     args = p.parse_args()
 
-    name = args.dataset.name.removesuffix("-v0")
-    agent = load_agent(args.agents / name / args.agent / f"seed{args.seed}")
-    wm_run = args.world_models / name / "diffusion" / f"seed{args.seed}"
-    world = load_world_model(wm_run, env_id=agent.env_id)
+    name, agent, world, wm_run = load_seed_runs(
+        args.dataset, args.agent, args.seed, args.agents, args.world_models
+    )
     env = make_env(agent.env_id)
     health = health_rule(env)
     env.close()
