@@ -52,7 +52,7 @@ import numpy as np
 from seed_runs import CACHE, load_seed_runs
 
 from mpcdwm.envs import health_rule, make_env
-from mpcdwm.mpc import MPCConfig, make_imagine, resolve
+from mpcdwm.mpc import MPCConfig, make_imagine, random_step, resolve
 from mpcdwm.report import bootstrap_ci
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_fidelity"
@@ -73,23 +73,28 @@ def visited_states(env, act, params, episodes: int, stride: int, seed: int) -> l
     return states
 
 
-def real_return(
-    env, act, first: object, then: object, qpos, qvel, steps: int, gamma: float, critic=None
-) -> float:
-    """Discounted real return from the simulator state ``(qpos, qvel)``: the first action from
-    weights ``first``, the rest from ``then``; ``critic(obs, then)`` closes it when given."""
-    u = env.unwrapped  # no time limit: the horizon is ``steps``
+def real_returns(
+    env, act, first: object, then: object, qpos, qvel, gamma: float, steps: int,
+    critic=None, critic_at: tuple[int, ...] = (),
+) -> dict:  # fmt: skip
+    """Discounted real returns of ONE rollout from the simulator state ``(qpos, qvel)``: the
+    first action from weights ``first``, the rest from ``then``. ``{"return": the return over
+    ``steps`` steps, h: the return over h steps closed by ``critic(obs_h, then)`` for h in
+    ``critic_at``}``; an episode that ends first keeps its return, without the critic."""
+    u = env.unwrapped  # no time limit: the horizons are ours
     u.set_state(qpos, qvel)
-    obs, ret, disc = u._get_obs(), 0.0, 1.0
-    for t in range(steps):
-        obs, reward, term, _, _ = u.step(np.asarray(act(first if t == 0 else then, obs)))
+    obs, ret, disc, out = u._get_obs(), 0.0, 1.0, {}
+    for n in range(1, max((steps, *critic_at)) + 1):
+        obs, reward, term, _, _ = u.step(np.asarray(act(first if n == 1 else then, obs)))
         ret += disc * float(reward)
         disc *= gamma
+        if n == steps:
+            out["return"] = ret
+        if n in critic_at and not term:
+            out[n] = ret + disc * float(critic(obs, then))
         if term:
-            return ret
-    if critic is not None:
-        ret += disc * float(critic(obs, then))
-    return ret
+            break
+    return {k: out.get(k, ret) for k in ("return", *critic_at)}
 
 
 def main() -> None:
@@ -145,17 +150,24 @@ def main() -> None:
     @jax.jit
     def placebo(psi, obs, target, key):
         """``psi`` moved along a random direction by ``target`` action change at ``obs``."""
-        leaves, treedef = jax.tree_util.tree_flatten(psi)
-        keys = jax.random.split(key, len(leaves))
-        rand = treedef.unflatten(
-            [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
-        )
-        _, along = jax.jvp(lambda q: agent.act(q, obs), (psi,), (rand,))
-        scale = target / (jnp.linalg.norm(along) + 1e-12)
-        return jax.tree_util.tree_map(lambda x, r: x + scale * r, psi, rand)
+        return random_step(lambda q: agent.act(q, obs), psi, target, key)
 
     def moved(g, lr):
         return jax.tree_util.tree_map(lambda x, d: x + lr * d, theta0, g)
+
+    def real(psi, qpos, qvel) -> dict[str, float]:
+        """The real measures of ``psi`` from ``(qpos, qvel)``: two rollouts (``psi`` throughout;
+        its first action only)."""
+        through = real_returns(
+            env, act, psi, psi, qpos, qvel, agent.gamma, args.real_steps,
+            critic_value, tuple(horizons),
+        )  # fmt: skip
+        first = real_returns(env, act, psi, theta0, qpos, qvel, agent.gamma, args.real_steps)
+        return {
+            **{f"real {h}": through[h] for h in horizons},
+            "first action": first["return"],
+            "policy": through["return"],
+        }
 
     states = visited_states(env, act, theta0, args.episodes, args.stride, args.seed)
     rng = np.random.default_rng(args.seed)
@@ -171,19 +183,7 @@ def main() -> None:
         fresh = jax.random.normal(k_fresh, noise.shape, jnp.float32)
         g = grad_fn(theta0, obs_j, noise)
         a0 = np.asarray(act(theta0, obs_j))
-        base = {
-            "imagined": np.asarray(imagined(theta0, obs_j, fresh)),
-            **{
-                f"real {h}": real_return(
-                    env, act, theta0, theta0, qpos, qvel, h, agent.gamma, critic_value
-                )
-                for h in horizons
-            },
-            "policy": real_return(
-                env, act, theta0, theta0, qpos, qvel, args.real_steps, agent.gamma
-            ),
-        }
-        base["first action"] = base["policy"]
+        base = {"imagined": np.asarray(imagined(theta0, obs_j, fresh)), **real(theta0, qpos, qvel)}
         for lr in args.lr:
             theta = moved(g, lr)
             change = float(np.linalg.norm(np.asarray(act(theta, obs_j)) - a0))
@@ -197,18 +197,7 @@ def main() -> None:
                     "imagined": float(
                         np.mean(np.asarray(imagined(psi, obs_j, fresh)) - base["imagined"])
                     ),
-                    **{
-                        f"real {h}": real_return(
-                            env, act, psi, psi, qpos, qvel, h, agent.gamma, critic_value
-                        )
-                        for h in horizons
-                    },
-                    "first action": real_return(
-                        env, act, psi, theta0, qpos, qvel, args.real_steps, agent.gamma
-                    ),
-                    "policy": real_return(
-                        env, act, psi, psi, qpos, qvel, args.real_steps, agent.gamma
-                    ),
+                    **real(psi, qpos, qvel),
                 }
                 for m in measures:
                     gain = score[m] if m == "imagined" else score[m] - base[m]

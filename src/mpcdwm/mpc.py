@@ -360,6 +360,22 @@ def safe_action(action: jax.Array, fallback: jax.Array, low: jax.Array, high: ja
     return jnp.clip(a, low, high)
 
 
+def random_step(
+    action_of: Callable[[Params], jax.Array], params: Params, change: jax.Array, key: jax.Array
+) -> Params:
+    """The placebo's parameter change: ``params + c r``, ``r`` a standard-normal direction
+    (one key per leaf) and ``c = change / |J r|`` with ``J r`` the directional derivative of
+    ``action_of(params) (act_dim,)`` (one jvp), so the action moves by ``change`` to first
+    order, as the adapted weights move it, without information from the model."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    rand = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    rand = treedef.unflatten(rand)
+    _, along = jax.jvp(action_of, (params,), (rand,))
+    scale = change / (jnp.linalg.norm(along) + 1e-12)
+    return jax.tree_util.tree_map(lambda x, r: x + scale * r, params, rand)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
@@ -531,20 +547,12 @@ def make_mpc_step(
 
     def placebo(train0, train, frozen, treedef, obs, key):
         """``train0`` moved along a random direction by as much action change at ``obs`` as
-        ``train`` (the adapted weights) makes: ``c r`` with ``c = |a(train) - a(train0)| /
-        |J r|``, ``J r`` the action's directional derivative (one jvp of the actor)."""
-        leaves, tdef = jax.tree_util.tree_flatten(train0)
-        keys = jax.random.split(key, len(leaves))
-        rand = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
-        rand = tdef.unflatten(rand)
+        ``train`` (the adapted weights) makes (:func:`random_step`)."""
 
         def action(tr):
             return agent.act(merge(tr, frozen, treedef), obs)
 
-        a_start, along = jax.jvp(action, (train0,), (rand,))
-        change = jnp.linalg.norm(action(train) - a_start)
-        scale = change / (jnp.linalg.norm(along) + 1e-12)
-        return jax.tree_util.tree_map(lambda x, r: x + scale * r, train0, rand)
+        return random_step(action, train0, jnp.linalg.norm(action(train) - action(train0)), key)
 
     def step(psi_start, psi0, models, obs, key, carry_in):
         # The start point arrives as psi_start (the wrapper chooses it).
