@@ -365,13 +365,18 @@ def make_eval_antmaze(size: str, **kwargs: Any) -> gym.Env:
     return AntMazeEnv(maze_map=eval_maze_map(size), **kwargs)
 
 
+def _eval_size(env_id: str) -> str | None:
+    """The D4RL maze (a key of :data:`D4RL_EVAL_CELLS`) ``env_id`` runs in, or None."""
+    return next((size for size in D4RL_EVAL_CELLS if f"AntMaze_{size}" in env_id), None)
+
+
 def antmaze_eval_id(env_id: str) -> str:
     """The evaluation task (:func:`make_eval_antmaze`) of the maze ``env_id`` runs in, e.g.
     ``AntMaze_Large_Diverse_GR-v5`` -> ``mpcdwm/AntMaze_Large_Eval-v5``."""
-    for size in D4RL_EVAL_CELLS:
-        if f"AntMaze_{size}" in env_id:
-            return f"mpcdwm/AntMaze_{size}_Eval-v5"
-    raise ValueError(f"{env_id!r} is not an AntMaze UMaze/Medium/Large id.")
+    size = _eval_size(env_id)
+    if size is None:
+        raise ValueError(f"{env_id!r} is not an AntMaze UMaze/Medium/Large id.")
+    return f"mpcdwm/AntMaze_{size}_Eval-v5"
 
 
 def play_cells(env_id: str) -> list[Cell]:
@@ -469,7 +474,14 @@ def write_antmaze_dataset(
     the normalised score is the success rate, as D4RL's AntMaze). The dataset's environment
     is the maze's evaluation task (:func:`antmaze_eval_id`: D4RL's fixed start and goal, its
     time limit), which agents trained on it are evaluated in; the maze collection ran in is
-    kept as ``mpcdwm_collect_env``. Returns the id, or ``out`` as a string."""
+    kept as ``mpcdwm_collect_env``. Mazes without a D4RL task (e.g. ``AntMaze_Open-v5``)
+    record themselves. Returns the id, or ``out`` as a string."""
+    # Decided before the collection, which can take hours: the evaluation task's own time
+    # limit, not the collection's.
+    if _eval_size(env_id) is None:
+        eval_id, eval_limit = env_id, max_episode_steps
+    else:
+        eval_id, eval_limit = antmaze_eval_id(env_id), None
     data = collect_antmaze(
         env_id,
         policy,
@@ -488,6 +500,4 @@ def write_antmaze_dataset(
     }
     dataset_id = dataset_id or f"mpcdwm/antmaze-{name}-{recipe}-v0"
     meta |= extra_metadata or {}
-    # The evaluation task's own time limit, not the collection's.
-    eval_id = antmaze_eval_id(env_id)
-    return _write_success_dataset(data, eval_id, dataset_id, None, meta, out, overwrite)
+    return _write_success_dataset(data, eval_id, dataset_id, eval_limit, meta, out, overwrite)
