@@ -41,6 +41,8 @@ across the episode; folders get the suffix ``-cold``.
 and ``ensemble`` by the env's health rule instead of the learned termination model (folders get
 the suffix).
 
+``--horizon H`` imagines H steps instead of the preset's 5 (folders get the suffix ``-H<h>``).
+
 ``--lr auto`` chooses the step size WITHOUT real returns (:func:`mpcdwm.mpc.select_step_size`:
 the largest of the paper's grid {5e-7, 5e-6, 5e-5, 5e-4} whose imagined improvement survives
 validation while the carried weights, walked along 16 segments of 40 consecutive dataset
@@ -214,6 +216,13 @@ def main() -> None:
         help="start every decision from the pretrained weights (warm_start=False) instead of "
         "carrying the adapted weights across the episode (the paper's)",
     )
+    p.add_argument(
+        "--horizon",
+        type=int,
+        default=None,
+        help="imagined horizon H of paper/placebo/ensemble (default: the preset's, 5); "
+        "folders get the suffix -H<h>",
+    )
     p.add_argument("--agents", type=Path, default=CACHE / "agents_d4rl")
     p.add_argument("--world-models", type=Path, default=CACHE / "wm_d4rl")
     p.add_argument("--out", type=Path, default=CACHE / "adaptation")
@@ -234,6 +243,7 @@ def main() -> None:
                 num_rollouts=args.num_rollouts,
                 termination=args.termination,
                 warm_start=False if args.no_carry else None,
+                **({} if args.horizon is None else {"horizon": args.horizon}),
             )
         )
         if args.lr == "auto":
@@ -269,6 +279,8 @@ def main() -> None:
                 folder += "" if args.termination == "learned" else f"-{args.termination}"
             if method in WITH_LR and args.no_carry:
                 folder += "-cold"
+            if method in WITH_LR and args.horizon is not None:
+                folder += f"-H{args.horizon}"
             judge = other_world[1] if method == "guarded-x" else None
             members, weight = (), 0.0
             chosen_by = ["lr=select_step_size"] if args.lr == "auto" and method in WITH_LR else []

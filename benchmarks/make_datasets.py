@@ -7,7 +7,9 @@ For each env (HalfCheetah-v5, Hopper-v5, Walker2d-v5) and recipe, in this order:
   ``--medium-steps`` transitions recorded from that policy with action noise 0.1;
 * ``medium-replay``: the TD3 replay buffer up to that point (reuses the cached agent);
 * ``expert`` / ``medium-expert`` (only with ``--expert``): TD3 trained on to
-  ``--expert-train-steps`` env steps (resumable), then recorded.
+  ``--expert-train-steps`` env steps (resumable); the expert is the best of its 10
+  best-evaluated snapshots over 20 fresh episodes with the recording's noise
+  (``CollectConfig.expert_candidates``), then recorded.
 
 Datasets land in ``OUT/<env>-<recipe>-v0`` (Minari folders). A dataset whose folder already
 exists is skipped, so the command resumes; the online agent resumes from its checkpoint in
@@ -83,6 +85,7 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig) -> dict
         "mpcdwm_medium_reached",
         "mpcdwm_agent_env_steps",
         "mpcdwm_expert_return",
+        "mpcdwm_expert_env_steps",
         "mpcdwm_command",
     ):
         if key in meta:

@@ -8,18 +8,20 @@ budget, then resumed to the full budget, exactly the interrupted-collection path
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
+import jax
 import minari
 import numpy as np
 import pytest
 
 from mpcdwm import online_td3
-from mpcdwm.agents.rebrac import dataset_key
+from mpcdwm.agents.rebrac import dataset_key, td3_config
 from mpcdwm.checkpoint import CheckpointError
 from mpcdwm.collect import CollectConfig, collect, command_line, default_dataset_id
 from mpcdwm.data import D4RL_REF_SCORES, load_dataset
-from mpcdwm.online_td3 import CHECKPOINT_NAME, train_online
+from mpcdwm.online_td3 import CHECKPOINT_NAME, select_expert, train_online
 
 HOPPER_LIMIT = 30  # short episodes so the random data holds both terminations and time limits
 
@@ -235,8 +237,29 @@ def test_online_agent_also_checkpoints_by_wall_time(tmp_path, monkeypatch):
     assert saved == []
 
 
+def test_expert_is_the_snapshot_that_scores_best_under_the_recording_noise(pendulum):
+    cfg, _, _, run = pendulum
+    td3 = td3_config(batch_size=cfg.batch_size)
+    every = dataclasses.replace(cfg, expert_candidates=len(run.snapshots), expert_select_episodes=3)
+    key = jax.random.key(7)
+    chosen, rows = select_expert(every, run, td3, noise=0.3, key=key)
+    assert [r["snapshot"] for r in rows] == list(range(len(run.snapshots)))
+    assert [r["train_eval"] for r in rows] == [e["return"] for e in run.evals]
+    assert chosen == max(rows, key=lambda r: r["select_return"])["snapshot"]
+    # The first snapshot (500 updates) drops the pole under noise; the chosen one balances it.
+    assert rows[chosen]["select_return"] > 3 * rows[0]["select_return"], rows
+    # One candidate = the best training evaluation, scored on the same seeds and noise.
+    top = int(np.argmax([e["return"] for e in run.evals]))
+    one = dataclasses.replace(every, expert_candidates=1)
+    assert select_expert(one, run, td3, noise=0.3, key=key) == (top, [rows[top]])
+    assert select_expert(
+        dataclasses.replace(cfg, expert_candidates=0), run, td3, noise=0.3, key=key
+    ) == (-1, [])
+
+
 def test_recipes_have_the_right_structure(pendulum, tmp_path):
     cfg, _, _, run = pendulum
+    cfg = dataclasses.replace(cfg, expert_candidates=2, expert_select_episodes=2)
     final = run.evals[-1]["return"]
     threshold = cfg.medium_fraction * final
     first = next(e for e in run.evals if e["return"] >= threshold)
@@ -263,6 +286,13 @@ def test_recipes_have_the_right_structure(pendulum, tmp_path):
     stored = minari.MinariDataset(tmp_path / "medium" / "data").storage.metadata
     assert stored["mpcdwm_medium_env_steps"] == first["env_steps"]
     assert stored["mpcdwm_expert_return"] == pytest.approx(final)
+    # The expert is the better of the two best-evaluated snapshots, recorded in the metadata.
+    stored = minari.MinariDataset(tmp_path / "expert" / "data").storage.metadata
+    rows = json.loads(stored["mpcdwm_expert_selection"])
+    top2 = sorted(np.argsort([e["return"] for e in run.evals], kind="stable")[-2:].tolist())
+    assert [r["snapshot"] for r in rows] == top2
+    best = max(rows, key=lambda r: r["select_return"])
+    assert stored["mpcdwm_expert_env_steps"] == best["env_steps"]
     # medium-expert = the medium dataset followed by the expert dataset.
     np.testing.assert_array_equal(mix.observations[: cfg.steps], med.observations)
     np.testing.assert_array_equal(mix.observations[cfg.steps :], exp.observations)

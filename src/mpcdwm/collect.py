@@ -10,7 +10,10 @@ makes the non-random ones lives in :mod:`mpcdwm.online_td3`, writing Minari file
   rolled out with a little Gaussian action noise (D4RL rolled out stochastic
   SAC policies; a deterministic policy would visit one narrow tube of states).
 * ``medium-replay``: the online agent's replay buffer up to that medium point.
-* ``expert``: the fully trained agent, rolled out the same way.
+* ``expert``: the fully trained agent, rolled out the same way: of its last evaluation
+  snapshots, the one that scores best over ``expert_select_episodes`` fresh episodes under
+  the recording's noise (:func:`~mpcdwm.online_td3.select_expert`; which one is in the
+  metadata, ``mpcdwm_expert_env_steps`` and ``mpcdwm_expert_selection``).
 * ``medium-expert``: ``steps`` medium transitions followed by ``steps`` expert ones.
 
 Reference scores written into the dataset metadata: the D4RL pair for the
@@ -39,7 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mpcdwm import maze
 from mpcdwm.agents import rebrac
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
-from mpcdwm.configs import FIELD_RULES, POSITIVE_INT, check_config
+from mpcdwm.configs import FIELD_RULES, NON_NEGATIVE, POSITIVE_INT, check_config
 from mpcdwm.data import ref_scores_for
 from mpcdwm.envs import limit_kwargs, make_env
 from mpcdwm.files import ensure_writable_dir, ensure_writable_parent
@@ -52,12 +55,14 @@ from mpcdwm.minari_io import (
 )
 from mpcdwm.online_td3 import (
     CHECKPOINT_NAME,
+    OnlineRun,
     Params,
     default_agent_dir,
     episode_returns,
     load_policy,
     random_return,
     record_rollout,
+    select_expert,
     to_env_action,
     train_online,
 )
@@ -128,6 +133,14 @@ class CollectConfig:
     """Evaluate (deterministic policy) and snapshot the actor every this many env steps."""
     eval_episodes: int = 5
     """Episodes per evaluation."""
+    expert_candidates: int = 10
+    """expert / medium-expert: the expert is the best, on ``expert_select_episodes`` fresh
+    episodes with the recording's action noise, of this many evaluation snapshots (those with
+    the highest training evaluations). A few deterministic episodes on fixed seeds overrate
+    policies that fall under noise (Hopper's 1M-step TD3: ~100 normalized on its evaluations,
+    55 recorded). 0: the last weights."""
+    expert_select_episodes: int = 20
+    """Episodes per expert candidate (same reset seeds and noise for every candidate)."""
     chunk: int = 500
     """Env steps between fused blocks of as many TD3 updates (one jitted scan)."""
     checkpoint_every: int = 20_000
@@ -173,6 +186,8 @@ _TD3_ONLY = frozenset(
         "medium_fraction",
         "eval_every",
         "eval_episodes",
+        "expert_candidates",
+        "expert_select_episodes",
         "chunk",
         "batch_size",
     }
@@ -247,7 +262,13 @@ def command_line(cfg: CollectConfig) -> str:
 
 
 # collect evaluates its online agent to find the medium point: it needs evaluations.
-COLLECT_RULES = {**FIELD_RULES, "eval_every": POSITIVE_INT, "eval_episodes": POSITIVE_INT}
+COLLECT_RULES = {
+    **FIELD_RULES,
+    "eval_every": POSITIVE_INT,
+    "eval_episodes": POSITIVE_INT,
+    "expert_candidates": NON_NEGATIVE,
+    "expert_select_episodes": POSITIVE_INT,
+}
 
 
 def _check_config(cfg: CollectConfig) -> None:
@@ -377,12 +398,12 @@ def collect(cfg: CollectConfig) -> str:
             data = {k: v[:n].copy() for k, v in run.buffer.items()}
             low, high = _action_bounds(cfg)
             data["actions"] = to_env_action(data["actions"], low, high)
-        elif cfg.recipe == "expert":
-            data = record(run.state.actor, rollout_key("expert"), "expert rollouts")
         else:
-            med = record(run.snapshots[idx], rollout_key("medium"), "medium rollouts")
-            exp = record(run.state.actor, rollout_key("expert"), "expert rollouts")
-            data = {k: np.concatenate([med[k], exp[k]]) for k in TRANSITION_FIELDS}
+            expert = _expert_actor(cfg, run, td3, noise, rollout_key("expert"), meta, console)
+            data = record(expert, rollout_key("expert"), "expert rollouts")
+            if cfg.recipe == "medium-expert":
+                med = record(run.snapshots[idx], rollout_key("medium"), "medium rollouts")
+                data = {k: np.concatenate([med[k], data[k]]) for k in TRANSITION_FIELDS}
     meta["mpcdwm_random_return"] = float(rand)
     meta["mpcdwm_dataset_mean_return"] = float(np.mean(episode_returns(data)))
     if d4rl is not None:
@@ -417,6 +438,34 @@ def collect(cfg: CollectConfig) -> str:
         f"{meta['mpcdwm_dataset_mean_return']:.1f}) to {result}"
     )
     return result
+
+
+def _expert_actor(
+    cfg: CollectConfig,
+    run: OnlineRun,
+    td3: rebrac.ReBRACConfig,
+    noise: float,
+    key: jax.Array,
+    meta: dict[str, Any],
+    console: Console,
+) -> Params:
+    """The expert's weights (:func:`select_expert`); how they were chosen goes into ``meta``."""
+    chosen, rows = select_expert(
+        cfg, run, td3, noise=noise, key=jax.random.fold_in(key, 1), console=console
+    )
+    if chosen < 0:
+        meta["mpcdwm_expert_env_steps"] = int(run.env_steps)
+        return run.state.actor
+    meta["mpcdwm_expert_env_steps"] = int(run.evals[chosen]["env_steps"])
+    # A JSON string: Minari's HDF5 metadata holds no lists of records.
+    meta["mpcdwm_expert_selection"] = json.dumps(rows)
+    best = next(r for r in rows if r["snapshot"] == chosen)
+    console.print(
+        f"[collect] expert: snapshot at env step {best['env_steps']} "
+        f"({best['select_return']:.1f} over {cfg.expert_select_episodes} noisy episodes; "
+        f"training evaluation {best['train_eval']:.1f})"
+    )
+    return run.snapshots[chosen]
 
 
 def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:

@@ -130,6 +130,76 @@ def record_rollout(
     return out
 
 
+def select_expert(
+    cfg: CollectConfig,
+    run: OnlineRun,
+    td3: rebrac.ReBRACConfig,
+    *,
+    noise: float,
+    key: jax.Array,
+    console: Console | None = None,
+) -> tuple[int, list[dict[str, float]]]:
+    """Pick the expert among the run's evaluation snapshots, as it will be recorded.
+
+    The ``cfg.expert_candidates`` snapshots with the highest training evaluations (ties: the
+    later) each run ``cfg.expert_select_episodes`` fresh episodes with Gaussian action noise
+    ``noise`` (the recording's); every candidate sees the same reset seeds and noise draws,
+    so the comparison is paired. Training evaluations are few deterministic episodes on fixed
+    seeds and overrate policies that fall under noise. Returns the chosen snapshot's index
+    and one row per candidate (``snapshot``, ``env_steps``, ``train_eval``, ``select_return``).
+    ``expert_candidates == 0`` keeps the last weights (index ``-1``, no rows).
+    """
+    if cfg.expert_candidates == 0 or not run.snapshots:
+        return -1, []
+    order = sorted(range(len(run.evals)), key=lambda i: (run.evals[i]["return"], i))
+    candidates = sorted(order[-cfg.expert_candidates :])
+    env = make_env(cfg.env, **limit_kwargs(cfg.max_episode_steps))
+    low, high = env.action_space.low, env.action_space.high
+    act_dim = int(np.prod(env.action_space.shape))
+    limit = int(env.spec.max_episode_steps or 1000) if env.spec is not None else 1000
+    env.close()
+    _, noisy = _make_actor_fns(td3)
+    episode: dict[str, Any] = {}
+
+    def new_episode(i: int) -> None:
+        # One noise sequence per episode index, the same for every candidate.
+        episode["eps"] = np.asarray(jax.random.normal(jax.random.fold_in(key, i), (limit, act_dim)))
+        episode["t"] = 0
+
+    rows = []
+    for n, i in enumerate(candidates):
+
+        def decide(obs: np.ndarray, actor: Params = run.snapshots[i]) -> tuple[np.ndarray, dict]:
+            a = np.asarray(noisy(actor, obs, episode["eps"][episode["t"]], noise))
+            episode["t"] += 1
+            return to_env_action(a, low, high), {}
+
+        stats = run_episodes(
+            cfg.env,
+            decide,
+            episodes=cfg.expert_select_episodes,
+            seed=cfg.seed * 100_003 + 2_000_000,  # not the training evaluations' seeds
+            on_episode_start=new_episode,
+            max_steps=cfg.max_episode_steps,
+        )
+        rows.append(
+            {
+                "snapshot": i,
+                "env_steps": int(run.evals[i]["env_steps"]),
+                "train_eval": float(run.evals[i]["return"]),
+                "select_return": float(np.mean(stats.returns)),
+            }
+        )
+        if console is not None and cfg.progress:
+            console.print(
+                f"[collect] expert candidate {n + 1}/{len(candidates)} (env step "
+                f"{rows[-1]['env_steps']}): {rows[-1]['select_return']:.1f} over "
+                f"{cfg.expert_select_episodes} episodes with noise {noise:g}"
+            )
+    best = max(rows, key=lambda r: (r["select_return"], r["snapshot"]))
+    return int(best["snapshot"]), rows
+
+
 def _empty(n: int, obs_dim: int, act_dim: int) -> Transitions:
     return {
         "observations": np.zeros((n, obs_dim), np.float32),
