@@ -287,3 +287,63 @@ def test_collect_command_drives_the_trained_ant_through_antmaze(tmp_path):
     with pytest.raises(CheckpointError, match="goal-reaching ant.*mpcdwm/AntGoal-v0"):
         collect(dataclasses.replace(cfg, agent_dir=tmp_path / "none", out=tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
+
+
+def _minari_antmaze(name: str, env_id: str, eval_map: list) -> None:
+    """A 2-episode Minari AntMaze dataset ``test/<name>-v0`` whose eval_env_spec is ``env_id``
+    on ``eval_map``, written as Minari's D4RL AntMaze datasets are (collection + evaluation env)."""
+    import copy
+
+    import gymnasium as gym
+    import gymnasium_robotics
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    gym.register_envs(gymnasium_robotics)
+    # As Minari's D4RL files: 27 ant dims (no contact forces), episodes cut by the collector.
+    env = gym.make(
+        env_id, continuing_task=True, reset_target=False, include_cfrc_ext_in_observation=False
+    )
+    buffers = []
+    for ep in range(2):
+        obs, _ = env.reset(seed=ep)
+        buf = EpisodeBuffer(observations=obs)
+        for t in range(5):
+            act = np.zeros(8, np.float32)
+            obs, rew, term, _, _ = env.step(act)
+            step = {"observation": obs, "action": act, "reward": rew, "terminated": term}
+            buf = buf.add_step_data({**step, "truncated": t == 4, "info": {}})
+        buffers.append(buf)
+    eval_spec = copy.deepcopy(env.spec)
+    eval_spec.kwargs["maze_map"] = eval_map
+    minari.create_dataset_from_buffers(
+        f"test/{name}-v0", buffers, env=env, eval_env=eval_spec, ref_min_score=0.0,
+        ref_max_score=1.0, author="mpcdwm tests", author_email="n/a", algorithm_name="zeros",
+        code_permalink="n/a", description="eval_env_spec test",
+    )  # fmt: skip
+    env.close()
+
+
+def test_minari_antmaze_is_evaluated_on_its_eval_env_spec(tmp_path, monkeypatch):
+    """D4RL AntMaze datasets from Minari name their evaluation env (fixed start and goal) apart
+    from the collection env (random resets): D4RL's cells load as the package's evaluation task;
+    an evaluation maze it cannot rebuild keeps the collection env, with a warning."""
+    from gymnasium_robotics.envs.maze import maps
+
+    from mpcdwm.maze import eval_maze_map
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    _minari_antmaze("large", "AntMaze_Large_Diverse_GR-v5", eval_maze_map("Large"))
+    ds = load_dataset("test/large-v0")
+    assert ds.env_id == "mpcdwm/AntMaze_Large_Eval-v5"
+    assert ds.observations.shape[1] == make_env(ds.env_id).observation_space.shape[0]
+    # Minari's U-maze evaluation map is mirrored (start and goal in column 3): not D4RL's cells.
+    mirrored = [list(row) for row in maps.U_MAZE]
+    mirrored[2] = [1, 0, 1, 1, 1]
+    mirrored[1][3], mirrored[3][3] = maps.RESET, maps.GOAL
+    _minari_antmaze("umaze", "AntMaze_UMaze-v5", mirrored)
+    with pytest.warns(UserWarning, match="evaluation env .* AntMaze_UMaze-v5"):
+        ds = load_dataset("test/umaze-v0")
+    assert ds.env_id == "AntMaze_UMaze-v5" and "eval_env_note" in ds.metadata
+    # An explicit env id is used as given, with no warning.
+    assert load_dataset("test/umaze-v0", env_id="AntMaze_UMaze-v5").env_id == "AntMaze_UMaze-v5"

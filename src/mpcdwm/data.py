@@ -22,7 +22,9 @@ legacy D4RL file.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,15 @@ D4RL_ENV_IDS: dict[str, str] = {
     "antmaze-medium": "mpcdwm/AntMaze_Medium_Eval-v5",
     "antmaze-large": "mpcdwm/AntMaze_Large_Eval-v5",
 }
+
+D4RL_EVAL_CELLS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "UMaze": ((1, 1), (3, 1)),
+    "Medium": ((1, 1), (6, 6)),
+    "Large": ((1, 1), (7, 9)),
+}
+"""D4RL's AntMaze evaluation task per maze: one start cell and one goal cell (its ``*_TEST``
+maps: the ant starts in a corner and must reach the far end), in Gymnasium-Robotics' (row,
+column) cells of the same maze (:func:`mpcdwm.maze.make_eval_antmaze` builds the env)."""
 
 # Fixed order in which dict observations (goal-conditioned maze tasks) are
 # flattened: position, body state, goal. Any other keys follow, sorted.
@@ -475,6 +486,45 @@ def _guess_env_id(name: str) -> str:
     )
 
 
+def minari_eval_env_id(
+    eval_spec_json: str | None, env_id: str, env_spec: Any = None
+) -> tuple[str, str | None]:
+    """The env id to evaluate a Minari dataset on, and a warning when it is not the dataset's own.
+
+    Minari datasets may name an evaluation env (``eval_env_spec``) besides the env that
+    collected them: D4RL's AntMaze datasets are collected with random starts and goals and
+    evaluated from one fixed start to one fixed goal. A spec that is the collection env is
+    ``env_id``; an AntMaze maze whose single start (``r``) and goal (``g``) cells are D4RL's
+    (:data:`D4RL_EVAL_CELLS`) is the package's evaluation task
+    (``mpcdwm/AntMaze_<size>_Eval-v5``). Anything else cannot be rebuilt from an id: ``env_id``
+    is kept and the returned note says so (pass ``env_id`` to choose).
+    """
+    if not eval_spec_json:
+        return env_id, None
+    try:
+        spec = json.loads(eval_spec_json)
+        eval_id, kwargs = str(spec["id"]), dict(spec.get("kwargs") or {})
+    except (ValueError, KeyError, TypeError):
+        return env_id, f"the dataset's eval_env_spec cannot be read; evaluating on {env_id}."
+    collect_kwargs = dict(getattr(env_spec, "kwargs", None) or {})
+    if eval_id == env_id and kwargs == json.loads(json.dumps(collect_kwargs, default=str)):
+        return env_id, None
+    grid = kwargs.get("maze_map")
+    size = next((k for k in D4RL_EVAL_CELLS if f"AntMaze_{k}" in eval_id), None)
+    if size is not None and isinstance(grid, list):
+        marked = sorted(
+            (v, (r, c)) for r, row in enumerate(grid) for c, v in enumerate(row) if v in ("r", "g")
+        )
+        start, goal = D4RL_EVAL_CELLS[size]
+        if marked == [("g", goal), ("r", start)]:
+            return f"mpcdwm/AntMaze_{size}_Eval-v5", None
+    return env_id, (
+        f"the dataset's evaluation env ({eval_id} with its own settings: "
+        f"{sorted(kwargs)}) is not one mpcdwm can rebuild by id; scores use the collection env "
+        f"{env_id} instead. Pass env_id (CLI: --env-id) to choose the evaluation env."
+    )
+
+
 def _load_minari(
     name_or_path: str, env_id: str | None, download: bool, drop_invalid: bool
 ) -> Dataset:
@@ -495,6 +545,7 @@ def _load_minari(
         ) from err
     spec = ds.spec
     name = spec.dataset_id
+    env_given = env_id
     if env_id is None:
         env_spec = getattr(spec, "env_spec", None)
         env_id = env_spec.id if env_spec is not None else ""
@@ -526,6 +577,11 @@ def _load_minari(
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     stored = ds.storage.metadata
     metadata = {"source": "minari", "path": str(spec.data_path)}
+    if env_given is None:
+        env_id, note = minari_eval_env_id(stored.get("eval_env_spec"), env_id, spec.env_spec)
+        if note is not None:
+            warnings.warn(note, stacklevel=3)
+            metadata["eval_env_note"] = note
     # What collect recorded about how the data was made (command, seed, medium point, ...).
     metadata.update({k: v for k, v in stored.items() if k.startswith("mpcdwm_")})
     meta_min, meta_max = stored.get("ref_min_score"), stored.get("ref_max_score")

@@ -37,6 +37,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from mpcdwm.data import D4RL_EVAL_CELLS
 from mpcdwm.envs import limit_kwargs, make_env
 from mpcdwm.minari_io import TRANSITION_FIELDS, write_minari
 
@@ -329,16 +330,6 @@ ANTMAZE_NOISE = 0.2
 """Default std of the Gaussian noise added to the goal-reaching ant's actions ([-1, 1])."""
 UMAZE_PLAY_CELLS: list[Cell] = [(1, 1), (3, 1)]
 """``play`` cells of the U-maze: its two ends (D4RL's umaze task)."""
-
-
-D4RL_EVAL_CELLS: dict[str, tuple[Cell, Cell]] = {
-    "UMaze": ((1, 1), (3, 1)),
-    "Medium": ((1, 1), (6, 6)),
-    "Large": ((1, 1), (7, 9)),
-}
-"""D4RL's AntMaze evaluation task per maze: one start cell and one goal cell (its ``*_TEST``
-maps: the ant starts in a corner and must reach the far end), in Gymnasium-Robotics' (row,
-column) cells of the same maze."""
 
 
 def eval_maze_map(size: str) -> list[list[Any]]:
