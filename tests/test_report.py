@@ -226,6 +226,32 @@ def test_a_gradient_method_is_paired_with_its_placebo(tmp_path):
     assert [r[0] for r in table.rows] == ["mpc (lr=5e-06, update=gradient)"]
 
 
+def test_gain_over_the_placebo_is_averaged_over_datasets(tmp_path):
+    """The issue's target compares the mean gain over datasets with the placebo's: the report
+    gives the mean over datasets of the paired gain over the placebo, with its CI."""
+    walker = {"dataset": "mpcdwm/walker2d-medium-v0", "env_id": "Walker2d-v5"}
+    runs = []
+    for name, extra, gap in (("hopper", {}, 40.0), ("walker", walker, -20.0)):
+        agent = str(tmp_path / name / "agent")
+        runs.append(
+            run_eval(
+                tmp_path / name, "g", mpc=MPCConfig(lr=5e-6), shift=gap, agent_dir=agent, **extra
+            )
+        )
+        plc = MPCConfig(lr=5e-6, update="placebo")
+        runs.append(run_eval(tmp_path / name, "p", mpc=plc, agent_dir=agent, **extra))
+    summary = summarize_files(*runs)
+    (agg,) = [a for a in summary.aggregates if summary.labels[a.method] == "mpc (update=gradient)"]
+    unit = 100 / (HOPPER_REF[1] - HOPPER_REF[0])  # the test files carry Hopper's reference range
+    assert agg.over_placebo_mean.value == pytest.approx((40.0 - 20.0) * unit / 2)
+    assert agg.over_placebo_mean.n_datasets == 2
+    (table,) = [t for t in build_tables(summary) if t.title == "Paired gain over the placebo"]
+    assert table.header[-1] == "mean over datasets (score)"
+    assert table.rows[0][-1] == agg.over_placebo_mean.text(signed=True)
+    (placebo,) = [a for a in summary.aggregates if a.method.planner != "none" and a is not agg]
+    assert placebo.over_placebo_mean is None  # a placebo has no placebo
+
+
 def test_seeds_of_one_method_group_into_one_row(tmp_path):
     a = run_eval(tmp_path, "s0", seed=0)
     b = run_eval(tmp_path, "s1", seed=1)

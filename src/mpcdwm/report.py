@@ -580,6 +580,9 @@ class Aggregate:
     mean: Estimate
     iqm: Estimate
     gain_mean: Estimate | None
+    over_placebo_mean: Estimate | None = None
+    """Mean over datasets of the paired gain over the placebo twin (None unless every dataset
+    has the twin)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -672,6 +675,20 @@ def summarize(results: Sequence[Result]) -> Summary:
             if method.planner != BASE and all(c.gain is not None for c in cells):
                 diffs = [_paired_values(groups[(d, method)], bases, "score")[0] for d in score_sets]
                 gain_mean = aggregate_estimate([paired_differences(m, b) for m, b in diffs], "mean")
+            over_placebo_mean = None
+            twin = placebo_twin(method)
+            if all(c.over_placebo is not None for c in cells) and twin != method:
+                diffs = [
+                    _paired_values(
+                        groups[(d, method)],
+                        {r.pairing: r for r in groups[(d, twin)].values()},
+                        "score",
+                    )[0]
+                    for d in score_sets
+                ]
+                over_placebo_mean = aggregate_estimate(
+                    [paired_differences(m, b) for m, b in diffs], "mean"
+                )
             aggregates.append(
                 Aggregate(
                     method,
@@ -679,6 +696,7 @@ def summarize(results: Sequence[Result]) -> Summary:
                     aggregate_estimate(per_dataset, "mean"),
                     aggregate_estimate(per_dataset, "iqm"),
                     gain_mean,
+                    over_placebo_mean,
                 )
             )
     notes = []
@@ -870,6 +888,8 @@ def build_tables(summary: Summary) -> list[Table]:
         ]
         if with_twin:
             header = ["method", *(f"{d} ({summary.unit[d]})" for d in summary.datasets)]
+            if with_aggs:
+                header.append("mean over datasets (score)")
             rows = []
             for m in with_twin:
                 cells = [summary.labels[m]]
@@ -877,6 +897,10 @@ def build_tables(summary: Summary) -> list[Table]:
                     e = summary.entries.get((d, m))
                     ok = e is not None and e.over_placebo is not None
                     cells.append(e.over_placebo.text(signed=True) if ok else "-")
+                if with_aggs:
+                    a = aggs.get(m)
+                    ok = a is not None and a.over_placebo_mean is not None
+                    cells.append(a.over_placebo_mean.text(signed=True) if ok else "-")
                 rows.append(tuple(cells))
             note = (
                 "The method minus its placebo (the same planner and settings, its update replaced "
@@ -982,6 +1006,7 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
             "mean": a.mean.to_dict(),
             "iqm": a.iqm.to_dict(),
             "gain_mean": a.gain_mean.to_dict() if a.gain_mean else None,
+            "over_placebo_mean": a.over_placebo_mean.to_dict() if a.over_placebo_mean else None,
         }
         for a in summary.aggregates
     ]
