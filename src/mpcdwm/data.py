@@ -64,6 +64,21 @@ D4RL_EVAL_CELLS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 maps: the ant starts in a corner and must reach the far end), in Gymnasium-Robotics' (row,
 column) cells of the same maze (:func:`mpcdwm.maze.make_eval_antmaze` builds the env)."""
 
+
+def antmaze_eval_size(env_id: str) -> str | None:
+    """The D4RL maze (a key of :data:`D4RL_EVAL_CELLS`) ``env_id`` runs in, or None."""
+    return next((size for size in D4RL_EVAL_CELLS if f"AntMaze_{size}" in env_id), None)
+
+
+def antmaze_eval_id(env_id: str) -> str:
+    """The evaluation task (:func:`mpcdwm.maze.make_eval_antmaze`) of the maze ``env_id`` runs
+    in, e.g. ``AntMaze_Large_Diverse_GR-v5`` -> ``mpcdwm/AntMaze_Large_Eval-v5``."""
+    size = antmaze_eval_size(env_id)
+    if size is None:
+        raise ValueError(f"{env_id!r} is not an AntMaze UMaze/Medium/Large id.")
+    return f"mpcdwm/AntMaze_{size}_Eval-v5"
+
+
 # Fixed order in which dict observations (goal-conditioned maze tasks) are
 # flattened: position, body state, goal. Any other keys follow, sorted.
 DICT_OBS_ORDER: tuple[str, ...] = ("achieved_goal", "observation", "desired_goal")
@@ -510,14 +525,14 @@ def minari_eval_env_id(
     if eval_id == env_id and kwargs == json.loads(json.dumps(collect_kwargs, default=str)):
         return env_id, None
     grid = kwargs.get("maze_map")
-    size = next((k for k in D4RL_EVAL_CELLS if f"AntMaze_{k}" in eval_id), None)
+    size = antmaze_eval_size(eval_id)
     if size is not None and isinstance(grid, list):
         marked = sorted(
             (v, (r, c)) for r, row in enumerate(grid) for c, v in enumerate(row) if v in ("r", "g")
         )
         start, goal = D4RL_EVAL_CELLS[size]
         if marked == [("g", goal), ("r", start)]:
-            return f"mpcdwm/AntMaze_{size}_Eval-v5", None
+            return antmaze_eval_id(eval_id), None
     return env_id, (
         f"the dataset's evaluation env ({eval_id} with its own settings: "
         f"{sorted(kwargs)}) is not one mpcdwm can rebuild by id; scores use the collection env "

@@ -37,7 +37,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mpcdwm.data import D4RL_EVAL_CELLS
+from mpcdwm.data import D4RL_EVAL_CELLS, antmaze_eval_id, antmaze_eval_size
 from mpcdwm.envs import limit_kwargs, make_env
 from mpcdwm.minari_io import TRANSITION_FIELDS, write_minari
 
@@ -356,20 +356,6 @@ def make_eval_antmaze(size: str, **kwargs: Any) -> gym.Env:
     return AntMazeEnv(maze_map=eval_maze_map(size), **kwargs)
 
 
-def _eval_size(env_id: str) -> str | None:
-    """The D4RL maze (a key of :data:`D4RL_EVAL_CELLS`) ``env_id`` runs in, or None."""
-    return next((size for size in D4RL_EVAL_CELLS if f"AntMaze_{size}" in env_id), None)
-
-
-def antmaze_eval_id(env_id: str) -> str:
-    """The evaluation task (:func:`make_eval_antmaze`) of the maze ``env_id`` runs in, e.g.
-    ``AntMaze_Large_Diverse_GR-v5`` -> ``mpcdwm/AntMaze_Large_Eval-v5``."""
-    size = _eval_size(env_id)
-    if size is None:
-        raise ValueError(f"{env_id!r} is not an AntMaze UMaze/Medium/Large id.")
-    return f"mpcdwm/AntMaze_{size}_Eval-v5"
-
-
 def play_cells(env_id: str) -> list[Cell]:
     """Hand-picked start/goal cells of ``env_id``'s maze: the cells gymnasium-robotics marks
     ``c`` in its ``*_DIVERSE_GR`` map of the same maze (Medium, Large), the two ends of the
@@ -469,7 +455,7 @@ def write_antmaze_dataset(
     record themselves. Returns the id, or ``out`` as a string."""
     # Decided before the collection, which can take hours: the evaluation task's own time
     # limit, not the collection's.
-    if _eval_size(env_id) is None:
+    if antmaze_eval_size(env_id) is None:
         eval_id, eval_limit = env_id, max_episode_steps
     else:
         eval_id, eval_limit = antmaze_eval_id(env_id), None

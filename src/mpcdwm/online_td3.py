@@ -159,19 +159,22 @@ def select_expert(
     limit = int(env.spec.max_episode_steps or 1000) if env.spec is not None else 1000
     env.close()
     _, noisy = _make_actor_fns(td3)
-    episode: dict[str, Any] = {}
+    # One noise sequence per episode, drawn once and replayed for every candidate.
+    draws = [
+        np.asarray(jax.random.normal(jax.random.fold_in(key, e), (limit, act_dim)))
+        for e in range(cfg.expert_select_episodes)
+    ]
+    at = {"episode": 0, "t": 0}
 
-    def new_episode(i: int) -> None:
-        # One noise sequence per episode index, the same for every candidate.
-        episode["eps"] = np.asarray(jax.random.normal(jax.random.fold_in(key, i), (limit, act_dim)))
-        episode["t"] = 0
+    def new_episode(e: int) -> None:
+        at.update(episode=e, t=0)
 
     rows = []
     for n, i in enumerate(candidates):
 
         def decide(obs: np.ndarray, actor: Params = run.snapshots[i]) -> tuple[np.ndarray, dict]:
-            a = np.asarray(noisy(actor, obs, episode["eps"][episode["t"]], noise))
-            episode["t"] += 1
+            a = np.asarray(noisy(actor, obs, draws[at["episode"]][at["t"]], noise))
+            at["t"] += 1
             return to_env_action(a, low, high), {}
 
         stats = run_episodes(

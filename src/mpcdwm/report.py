@@ -643,9 +643,7 @@ def summarize(results: Sequence[Result]) -> Summary:
         runs = list(by_seed.values())
         over_placebo, twin = None, placebo_twin(method)
         if twin != method and (d, twin) in groups:
-            # The placebo runs pair like a base does: same agent checkpoint, seed, episodes.
-            twin_runs = {r.pairing: r for r in groups[(d, twin)].values()}
-            over_placebo, _ = _gain(by_seed, twin_runs, unit[d])
+            over_placebo, _ = _gain(by_seed, _by_pairing(groups[(d, twin)]), unit[d])
         entries[(d, method)] = Entry(
             dataset=d,
             method=method,
@@ -671,23 +669,13 @@ def summarize(results: Sequence[Result]) -> Summary:
             per_dataset = [
                 {s: r.scores for s, r in groups[(d, method)].items()} for d in score_sets
             ]
-            gain_mean = None
+            gain_mean = over_placebo_mean = None
             if method.planner != BASE and all(c.gain is not None for c in cells):
-                diffs = [_paired_values(groups[(d, method)], bases, "score")[0] for d in score_sets]
-                gain_mean = aggregate_estimate([paired_differences(m, b) for m, b in diffs], "mean")
-            over_placebo_mean = None
+                gain_mean = _mean_gain([(groups[(d, method)], bases) for d in score_sets])
             twin = placebo_twin(method)
             if all(c.over_placebo is not None for c in cells) and twin != method:
-                diffs = [
-                    _paired_values(
-                        groups[(d, method)],
-                        {r.pairing: r for r in groups[(d, twin)].values()},
-                        "score",
-                    )[0]
-                    for d in score_sets
-                ]
-                over_placebo_mean = aggregate_estimate(
-                    [paired_differences(m, b) for m, b in diffs], "mean"
+                over_placebo_mean = _mean_gain(
+                    [(groups[(d, method)], _by_pairing(groups[(d, twin)])) for d in score_sets]
                 )
             aggregates.append(
                 Aggregate(
@@ -735,6 +723,20 @@ def _paired_values(
         method_vals[seed] = _values(r, unit)[:k]
         base_vals[seed] = _values(b, unit)[:k]
     return (method_vals, base_vals), partial
+
+
+def _by_pairing(by_seed: Mapping[int, Result]) -> dict[str, Result]:
+    """Runs keyed by their pairing key: a placebo's runs pair like a base's (same agent
+    checkpoint, seed and episodes)."""
+    return {r.pairing: r for r in by_seed.values()}
+
+
+def _mean_gain(pairs: Sequence[tuple[Mapping[int, Result], Mapping[str, Result]]]) -> Estimate:
+    """Mean over datasets of the paired gain (score units) of a method's runs over their
+    references (its base or placebo runs by pairing key), one ``(runs, references)`` per
+    dataset, with the stratified bootstrap CI of :func:`aggregate_estimate`."""
+    diffs = [_paired_values(runs, refs, "score")[0] for runs, refs in pairs]
+    return aggregate_estimate([paired_differences(m, b) for m, b in diffs], "mean")
 
 
 def placebo_twin(method: Method) -> Method:
