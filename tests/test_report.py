@@ -22,6 +22,7 @@ from mpcdwm.report import (
     ReportConfig,
     aggregate_estimate,
     build_tables,
+    chosen_per_episode,
     find_eval_files,
     load_results,
     mean_estimate,
@@ -250,6 +251,91 @@ def test_gain_over_the_placebo_is_averaged_over_datasets(tmp_path):
     assert table.rows[0][-1] == agg.over_placebo_mean.text(signed=True)
     (placebo,) = [a for a in summary.aggregates if a.method.planner != "none" and a is not agg]
     assert placebo.over_placebo_mean is None  # a placebo has no placebo
+
+
+def test_cross_fitting_picks_on_one_half_and_scores_on_the_other():
+    """Candidate 0 gains 10 on even episodes and loses 6 on odd ones (mean +2), candidate 1
+    gains 1 everywhere: in-sample the first wins (+2); cross-fitted the choice made on the even
+    episodes (0) is scored on the odd ones and the reverse."""
+    gains = np.array([[10.0, -6.0] * 3, [1.0] * 6])
+    fold = np.arange(6) % 2
+    ones = np.ones((1, 6))
+    assert chosen_per_episode(gains, fold, ones, cross_fit=False).tolist() == [[0] * 6]
+    assert chosen_per_episode(gains, fold, ones, cross_fit=True).tolist() == [[1, 0] * 3]
+    # weights re-weight the choice: drawing the odd episodes twice as often flips it
+    weights = np.array([[1.0, 2.0] * 3])
+    assert chosen_per_episode(gains, fold, weights, cross_fit=False).tolist() == [[1] * 6]
+
+
+def test_a_planner_chosen_per_dataset_on_real_returns(tmp_path):
+    """The paper chose its step per dataset on real returns. With a lucky candidate (+10 on even
+    episodes, -6 on odd, mean +2) beside a steady one (+1), the in-sample choice reports the
+    lucky one's +2; the cross-fitted choice scores it on the episodes it was not chosen on and
+    reports (-6 + 1) / 2. A dataset where one candidate is plainly best picks it both ways."""
+    walker = {"dataset": "mpcdwm/walker2d-medium-v0", "env_id": "Walker2d-v5"}
+    unit = 100 / (HOPPER_REF[1] - HOPPER_REF[0])
+    lucky = np.array([10.0, -6.0] * 5) / unit  # return units giving these score gains
+    runs = []
+    for name, extra, shifts in (
+        ("hopper", {}, {5e-5: lucky, 5e-6: np.full(10, 1.0 / unit)}),
+        ("walker", walker, {5e-5: np.full(10, 4.0 / unit), 5e-6: np.full(10, -3.0 / unit)}),
+    ):
+        agent = str(tmp_path / name / "agent")
+        base = base_returns(0, 10)
+        runs.append(
+            write_eval(
+                tmp_path / name / "b" / "eval", planners={"none": base}, agent_dir=agent, **extra
+            )
+        )
+        for lr, shift in shifts.items():
+            runs.append(
+                write_eval(
+                    tmp_path / name / f"m{lr}" / "eval",
+                    planners={"mpc": list(np.asarray(base) + shift)},
+                    mpc=MPCConfig(lr=lr),
+                    agent_dir=agent,
+                    **extra,
+                )
+            )
+            plc = MPCConfig(lr=lr, update="placebo")
+            runs.append(
+                write_eval(
+                    tmp_path / name / f"p{lr}" / "eval",
+                    planners={"mpc": base},
+                    mpc=plc,
+                    agent_dir=agent,
+                    **extra,
+                )
+            )
+    summary = summarize_files(*runs)
+    in_sample, cross = summary.choices
+    hopper, walker_d = "mpcdwm/hopper-medium-v0", "mpcdwm/walker2d-medium-v0"
+    assert in_sample.per_dataset[hopper].value == pytest.approx(2.0)
+    assert cross.per_dataset[hopper].value == pytest.approx((-6.0 + 1.0) / 2)
+    assert [m.knob_dict()["mpc.lr"] for m in in_sample.chosen[hopper]] == [5e-5]
+    assert [m.knob_dict()["mpc.lr"] for m in cross.chosen[hopper]] == [5e-5, 5e-6]
+    assert (
+        in_sample.per_dataset[walker_d].value
+        == cross.per_dataset[walker_d].value
+        == pytest.approx(4.0)
+    )
+    assert in_sample.gain_mean.value == pytest.approx((2.0 + 4.0) / 2)
+    assert cross.gain_mean.value == pytest.approx((-2.5 + 4.0) / 2)
+    assert cross.gain_mean.ci_low <= cross.gain_mean.value <= cross.gain_mean.ci_high
+    # the placebos did not move the return: the gain over them is the gain over the base
+    assert cross.over_placebo_mean.value == pytest.approx(cross.gain_mean.value)
+    (table,) = [t for t in build_tables(summary) if t.title.startswith("A planner chosen")]
+    assert table.rows[1][-2] == cross.gain_mean.text(signed=True)
+    report(ReportConfig(runs=(tmp_path,), out=tmp_path / "report"))
+    saved = json.loads((tmp_path / "report" / "summary.json").read_text())["choices"]
+    assert [c["rule"] for c in saved] == ["in-sample", "cross-fitted"]
+    assert saved[1]["gain_mean"]["mean"] == pytest.approx(cross.gain_mean.value)
+
+
+def test_no_choice_without_two_candidates(tmp_path):
+    walker = {"dataset": "mpcdwm/walker2d-medium-v0", "env_id": "Walker2d-v5"}
+    runs = [run_eval(tmp_path, "h", shift=5.0), run_eval(tmp_path, "w", shift=5.0, **walker)]
+    assert summarize_files(*runs).choices == ()
 
 
 def test_seeds_of_one_method_group_into_one_row(tmp_path):

@@ -35,7 +35,13 @@ Statistics (following rliable, Agarwal et al. 2021, and CORL's reporting):
 * across datasets, over the datasets that have normalised scores: the mean of the per-dataset
   means (D4RL's average; each dataset weighs the same) and the IQM (interquartile mean) of all
   per-episode scores pooled over datasets (rliable's IQM over runs x tasks, with an episode as
-  the run); CIs by a stratified bootstrap (episodes resampled within each dataset).
+  the run); CIs by a stratified bootstrap (episodes resampled within each dataset);
+* a method chosen per dataset on real returns (the paper chose its step size per dataset on
+  the evaluation returns): given several planners per dataset, the report also gives the mean
+  gain of the best one on each dataset, once chosen on all episodes (in-sample, optimistic)
+  and once *cross-fitted* (chosen on the even episodes and scored on the odd ones, and the
+  reverse), so the choice's optimism is visible; the bootstrap repeats the choice in every
+  resample.
 
 Datasets without reference returns get no normalised score (``-``, with a footnote): their
 raw returns are reported instead.
@@ -586,6 +592,23 @@ class Aggregate:
 
 
 @dataclasses.dataclass(frozen=True)
+class Choice:
+    """The gain of a planner chosen per dataset by its real returns (:func:`choose_per_dataset`).
+
+    ``rule``: ``in-sample`` (the best mean gain over all episodes, scored on the same episodes:
+    optimistic) or ``cross-fitted`` (chosen on one half of the episodes, scored on the other).
+    ``chosen``: dataset -> the method chosen (in-sample: one; cross-fitted: the choice on the
+    even episodes, then on the odd ones).
+    """
+
+    rule: Literal["in-sample", "cross-fitted"]
+    per_dataset: Mapping[str, Estimate]
+    chosen: Mapping[str, tuple[Method, ...]]
+    gain_mean: Estimate
+    over_placebo_mean: Estimate | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Summary:
     """Everything the tables, plots and summary.json show."""
 
@@ -597,6 +620,7 @@ class Summary:
     aggregates: tuple[Aggregate, ...]
     results: tuple[Result, ...]
     notes: tuple[str, ...]
+    choices: tuple[Choice, ...] = ()
 
 
 def group_by_seed(results: Iterable[Result]) -> dict[tuple[str, Method], dict[int, Result]]:
@@ -702,6 +726,7 @@ def summarize(results: Sequence[Result]) -> Summary:
         aggregates=tuple(aggregates),
         results=tuple(results),
         notes=tuple(notes),
+        choices=_choices(score_sets, entries, groups, bases),
     )
 
 
@@ -757,6 +782,161 @@ def _gain(
     if not method_vals:
         return None, False
     return paired_gain(method_vals, base_vals), partial
+
+
+# ------------------------------------------------------------- a choice on real returns
+
+
+def chosen_per_episode(
+    gains: np.ndarray, fold: np.ndarray, weights: np.ndarray, cross_fit: bool
+) -> np.ndarray:
+    """Which candidate's gain counts for each episode when the candidate is chosen on returns.
+
+    ``gains``: (candidates, episodes) paired gains on the same episodes; ``fold``: (episodes,)
+    0 or 1; ``weights``: (resamples, episodes) how often each episode is drawn (a row of ones
+    for the sample itself). In-sample: the candidate with the best weighted mean gain, for
+    every episode. Cross-fitted: episodes of fold k get the candidate best on fold 1 - k, so no
+    episode scores the choice it helped make. Returns (resamples, episodes) candidate indices.
+    """
+    if not cross_fit:
+        best = np.argmax(weights @ gains.T, axis=1)  # weighted sums: same total weight per row
+        return np.repeat(best[:, None], gains.shape[1], axis=1)
+    choice = np.empty(weights.shape, dtype=np.int64)
+    for k in (0, 1):
+        on = fold == k
+        choice[:, ~on] = np.argmax(weights[:, on] @ gains[:, on].T, axis=1)[:, None]
+    return choice
+
+
+def _mean_of_choice(values: np.ndarray, choice: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(resamples,) weighted mean over episodes of ``values[choice, episode]``."""
+    picked = values[choice, np.arange(values.shape[1])[None, :]]
+    return (weights * picked).sum(axis=1) / weights.sum(axis=1)
+
+
+def choose_per_dataset(
+    gains: Sequence[np.ndarray],
+    folds: Sequence[np.ndarray],
+    cross_fit: bool,
+    over_placebo: Sequence[np.ndarray] | None = None,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[list[tuple[float, float, float]], tuple[float, float, float], tuple | None]:
+    """Mean gain of a candidate chosen per dataset by its paired gains, with bootstrap CIs.
+
+    ``gains[d]``: (candidates, episodes) paired gains over the base on dataset d (candidates
+    may differ per dataset); ``folds[d]``: (episodes,) 0/1; ``over_placebo[d]``: the same
+    candidates' gains over their placebos on the same episodes. The bootstrap resamples
+    episodes within each dataset and *repeats the choice in every resample*, so the CI includes
+    the choice's own noise. Returns per dataset (value, low, high), the mean over datasets
+    (value, low, high), and the same mean of the chosen candidates' gains over their placebos
+    (None without ``over_placebo``).
+    """
+    rng = np.random.default_rng(seed)
+    alpha = 100 * (1 - CONFIDENCE) / 2
+    per_dataset, means, plc_means = [], [], []
+    for d, g in enumerate(gains):
+        n = g.shape[1]
+        drawn = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+        weights = np.concatenate([np.ones((1, n)), drawn])  # row 0: the sample itself
+        choice = chosen_per_episode(g, folds[d], weights, cross_fit)
+        m = _mean_of_choice(g, choice, weights)
+        means.append(m)
+        if over_placebo is not None:
+            plc_means.append(_mean_of_choice(over_placebo[d], choice, weights))
+        per_dataset.append((float(m[0]), *map(float, np.percentile(m[1:], [alpha, 100 - alpha]))))
+
+    def summary(rows: list[np.ndarray]) -> tuple[float, float, float]:
+        mean = np.mean(rows, axis=0)
+        return float(mean[0]), *map(float, np.percentile(mean[1:], [alpha, 100 - alpha]))
+
+    return per_dataset, summary(means), (summary(plc_means) if over_placebo is not None else None)
+
+
+def _is_placebo(method: Method) -> bool:
+    return dict(method.knobs).get("mpc.update") == json.dumps("placebo")
+
+
+def _candidate_gains(
+    runs: Sequence[Mapping[int, Result]],
+    placebos: Sequence[Mapping[int, Result] | None],
+    bases: Mapping[str, Result],
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[int, ...]] | None:
+    """One dataset's candidates on the episodes all of them ran: (candidates, episodes) paired
+    gains over the base, the same over their placebos (None unless every candidate has one),
+    the episodes' folds (episode index parity within its seed) and episodes per seed. None
+    when no episode is left for both folds."""
+    diffs = [paired_differences(*_paired_values(r, bases, "score")[0]) for r in runs]
+    gaps = [
+        None if p is None else paired_differences(*_paired_values(r, _by_pairing(p), "score")[0])
+        for r, p in zip(runs, placebos, strict=True)
+    ]
+    with_gap = all(g is not None for g in gaps)
+    seeds = sorted(set.intersection(*(set(x) for x in diffs + (gaps if with_gap else []))))
+    k = {s: min(len(x[s]) for x in diffs + (gaps if with_gap else [])) for s in seeds}
+    if not any(k[s] >= 2 for s in seeds):
+        return None
+
+    def stack(per_seed: Sequence[Mapping[int, np.ndarray]]) -> np.ndarray:
+        return np.stack([np.concatenate([x[s][: k[s]] for s in seeds]) for x in per_seed])
+
+    fold = np.concatenate([np.arange(k[s]) % 2 for s in seeds])
+    return stack(diffs), stack(gaps) if with_gap else None, fold, tuple(k[s] for s in seeds)
+
+
+def _choices(
+    score_sets: Sequence[str],
+    entries: Mapping[tuple[str, Method], Entry],
+    groups: Mapping[tuple[str, Method], Mapping[int, Result]],
+    bases: Mapping[str, Result],
+) -> tuple[Choice, ...]:
+    """In-sample and cross-fitted choices over the planners (not placebos) with a paired gain;
+    none unless >= 2 datasets have scores, each has a candidate and some has >= 2."""
+    cands = {
+        d: [
+            m
+            for (dd, m), e in entries.items()
+            if dd == d and m.planner != BASE and not _is_placebo(m) and e.gain is not None
+        ]
+        for d in score_sets
+    }
+    if len(score_sets) < 2 or not all(cands.values()) or max(map(len, cands.values())) < 2:
+        return ()
+    per_dataset = []
+    for d in score_sets:
+        twins = [placebo_twin(m) for m in cands[d]]
+        found = _candidate_gains(
+            [groups[(d, m)] for m in cands[d]],
+            [groups.get((d, t)) if t != m else None for m, t in zip(cands[d], twins, strict=True)],
+            bases,
+        )
+        if found is None:
+            return ()
+        per_dataset.append(found)
+    gains, gaps, folds, counts = (list(x) for x in zip(*per_dataset, strict=True))
+    over_placebo = gaps if all(g is not None for g in gaps) else None
+    episodes = tuple(e for c in counts for e in c)
+    choices = []
+    for rule in ("in-sample", "cross-fitted"):
+        cross = rule == "cross-fitted"
+        each, mean, plc = choose_per_dataset(gains, folds, cross, over_placebo)
+        chosen = {}
+        for d, g, fold in zip(score_sets, gains, folds, strict=True):
+            idx = chosen_per_episode(g, fold, np.ones((1, g.shape[1])), cross)[0]
+            # cross-fitted: the choice made on fold k is used on fold 1 - k
+            picks = (idx[fold == 1][0], idx[fold == 0][0]) if cross else (idx[0],)
+            chosen[d] = tuple(cands[d][i] for i in picks)
+        choices.append(
+            Choice(
+                rule,
+                {d: Estimate(*v, c) for d, v, c in zip(score_sets, each, counts, strict=True)},
+                chosen,
+                Estimate(*mean, episodes, n_datasets=len(score_sets)),
+                Estimate(*plc, episodes, n_datasets=len(score_sets)) if plc else None,
+            )
+        )
+    return tuple(choices)
 
 
 # --------------------------------------------------------------------------- tables
@@ -912,8 +1092,50 @@ def build_tables(summary: Summary) -> list[Table]:
             tables.append(
                 Table("gain", "Paired gain over the placebo", tuple(header), tuple(rows), (note,))
             )
+        if summary.choices:
+            tables.append(choice_table(summary))
         tables.append(diagnostics_table(summary, planners))
     return tables
+
+
+def choice_table(summary: Summary) -> Table:
+    """The gain of the planner chosen per dataset on real returns, in-sample and cross-fitted."""
+    datasets = tuple(summary.choices[0].per_dataset)
+    header = ["chosen per dataset", *datasets, "mean over datasets", "mean over the placebos"]
+    names = {
+        "in-sample": "best on all episodes (in-sample: optimistic)",
+        "cross-fitted": "best on the other half of the episodes (cross-fitted)",
+    }
+    rows, notes = [], []
+    for c in summary.choices:
+        cells = [names[c.rule], *(c.per_dataset[d].text(signed=True) for d in datasets)]
+        cells.append(c.gain_mean.text(signed=True))
+        cells.append(c.over_placebo_mean.text(signed=True) if c.over_placebo_mean else "-")
+        rows.append(tuple(cells))
+        picks = "; ".join(
+            f"{d}: " + " / ".join(summary.labels[m] for m in c.chosen[d]) for d in datasets
+        )
+        notes.append(
+            f"{c.rule} choice"
+            + (" (on even / odd episodes)" if len(c.chosen[datasets[0]]) > 1 else "")
+            + f": {picks}."
+        )
+    notes.insert(
+        0,
+        "Per dataset, the planner (of those reported, placebos excluded) with the best paired gain "
+        "over the base, as the paper chose its step size on evaluation returns. In-sample: chosen "
+        "and scored on the same episodes (biased upward). Cross-fitted: chosen on the even "
+        "episodes of each seed and scored on the odd ones, and the reverse. Gains in score; the "
+        "bootstrap repeats the choice in each resample; over the placebos: the chosen planners' "
+        "gains over their placebo twins on the same episodes (- when a candidate has none).",
+    )
+    return Table(
+        "gain",
+        "A planner chosen per dataset on real returns",
+        tuple(header),
+        tuple(rows),
+        tuple(notes),
+    )
 
 
 def diagnostics_table(summary: Summary, planners: Sequence[Method]) -> Table:
@@ -1012,6 +1234,18 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
         }
         for a in summary.aggregates
     ]
+    choices = [
+        {
+            "rule": c.rule,
+            "gain_mean": c.gain_mean.to_dict(),
+            "over_placebo_mean": c.over_placebo_mean.to_dict() if c.over_placebo_mean else None,
+            "per_dataset": {
+                d: {"gain": e.to_dict(), "chosen": [summary.labels[m] for m in c.chosen[d]]}
+                for d, e in c.per_dataset.items()
+            },
+        }
+        for c in summary.choices
+    ]
     return {
         "statistics": {
             "confidence": CONFIDENCE,
@@ -1024,6 +1258,7 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
         },
         "methods": methods,
         "aggregates": aggregates,
+        "choices": choices,
         "notes": list(summary.notes),
     }
 
