@@ -822,7 +822,12 @@ def choose_per_dataset(
     *,
     n_resamples: int = N_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
-) -> tuple[list[tuple[float, float, float]], tuple[float, float, float], tuple | None]:
+) -> tuple[
+    list[tuple[float, float, float]],
+    tuple[float, float, float],
+    tuple[float, float, float] | None,
+    list[np.ndarray],
+]:
     """Mean gain of a candidate chosen per dataset by its paired gains, with bootstrap CIs.
 
     ``gains[d]``: (candidates, episodes) paired gains over the base on dataset d (candidates
@@ -830,28 +835,29 @@ def choose_per_dataset(
     candidates' gains over their placebos on the same episodes. The bootstrap resamples
     episodes within each dataset and *repeats the choice in every resample*, so the CI includes
     the choice's own noise. Returns per dataset (value, low, high), the mean over datasets
-    (value, low, high), and the same mean of the chosen candidates' gains over their placebos
-    (None without ``over_placebo``).
+    (value, low, high), the same mean of the chosen candidates' gains over their placebos
+    (None without ``over_placebo``), and per dataset the (episodes,) candidate indices the
+    sample itself chose (:func:`chosen_per_episode`).
     """
     rng = np.random.default_rng(seed)
     alpha = 100 * (1 - CONFIDENCE) / 2
-    per_dataset, means, plc_means = [], [], []
+
+    def estimate(values: np.ndarray) -> tuple[float, float, float]:
+        """(resamples + 1,) values, the sample's first -> (value, percentile CI)."""
+        return float(values[0]), *map(float, np.percentile(values[1:], [alpha, 100 - alpha]))
+
+    means, plc_means, sample_choices = [], [], []
     for d, g in enumerate(gains):
         n = g.shape[1]
         drawn = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
         weights = np.concatenate([np.ones((1, n)), drawn])  # row 0: the sample itself
         choice = chosen_per_episode(g, folds[d], weights, cross_fit)
-        m = _mean_of_choice(g, choice, weights)
-        means.append(m)
+        sample_choices.append(choice[0])
+        means.append(_mean_of_choice(g, choice, weights))
         if over_placebo is not None:
             plc_means.append(_mean_of_choice(over_placebo[d], choice, weights))
-        per_dataset.append((float(m[0]), *map(float, np.percentile(m[1:], [alpha, 100 - alpha]))))
-
-    def summary(rows: list[np.ndarray]) -> tuple[float, float, float]:
-        mean = np.mean(rows, axis=0)
-        return float(mean[0]), *map(float, np.percentile(mean[1:], [alpha, 100 - alpha]))
-
-    return per_dataset, summary(means), (summary(plc_means) if over_placebo is not None else None)
+    plc = estimate(np.mean(plc_means, axis=0)) if over_placebo is not None else None
+    return [estimate(m) for m in means], estimate(np.mean(means, axis=0)), plc, sample_choices
 
 
 def _is_placebo(method: Method) -> bool:
@@ -873,8 +879,9 @@ def _candidate_gains(
         for r, p in zip(runs, placebos, strict=True)
     ]
     with_gap = all(g is not None for g in gaps)
-    seeds = sorted(set.intersection(*(set(x) for x in diffs + (gaps if with_gap else []))))
-    k = {s: min(len(x[s]) for x in diffs + (gaps if with_gap else [])) for s in seeds}
+    paired = diffs + (gaps if with_gap else [])
+    seeds = sorted(set.intersection(*(set(x) for x in paired)))
+    k = {s: min(len(x[s]) for x in paired) for s in seeds}
     if not any(k[s] >= 2 for s in seeds):
         return None
 
@@ -920,10 +927,9 @@ def _choices(
     choices = []
     for rule in ("in-sample", "cross-fitted"):
         cross = rule == "cross-fitted"
-        each, mean, plc = choose_per_dataset(gains, folds, cross, over_placebo)
+        each, mean, plc, sample_choices = choose_per_dataset(gains, folds, cross, over_placebo)
         chosen = {}
-        for d, g, fold in zip(score_sets, gains, folds, strict=True):
-            idx = chosen_per_episode(g, fold, np.ones((1, g.shape[1])), cross)[0]
+        for d, idx, fold in zip(score_sets, sample_choices, folds, strict=True):
             # cross-fitted: the choice made on fold k is used on fold 1 - k
             picks = (idx[fold == 1][0], idx[fold == 0][0]) if cross else (idx[0],)
             chosen[d] = tuple(cands[d][i] for i in picks)
