@@ -71,7 +71,8 @@ import numpy as np
 from mpcdwm.agents import load_agent
 from mpcdwm.data import load_dataset
 from mpcdwm.envs import health_rule, make_env
-from mpcdwm.evaluate import EvaluateConfig, chosen_by_fields, evaluate, write_json_atomic
+from mpcdwm.evaluate import EvaluateConfig, chosen_by_fields, evaluate
+from mpcdwm.files import write_json_atomic
 from mpcdwm.mpc import (
     PAPER_LR_GRID,
     STEP_SIZE_TRUST_REGION,

@@ -1,8 +1,8 @@
 """The goal-reaching ant's learning curve: success rate at reaching goals 2-5 m away (issue 15).
 
-Reads the online TD3 agent that ``mpcdwm collect --env mpcdwm/AntGoal-v0 --recipe expert``
+Reads the online TD3 agent that ``mpcdwm collect --env mpcdwm/AntGoal-v1 --recipe expert``
 trains (its checkpoint keeps the actor of every evaluation), and plays each ``--every``-th
-snapshot (and the final weights) for ``--episodes`` episodes of ``mpcdwm/AntGoal-v0`` with
+snapshot (and the final weights) for ``--episodes`` episodes of ``mpcdwm/AntGoal-v1`` with
 ``resample_goal=False``: an episode succeeds when the torso comes within 0.5 m of its goal
 (drawn 2-5 m away) within the 500-step (25 s) limit, and ends there; it fails when the ant
 falls (Ant-v5's health rule) or time runs out. Episode ``j`` resets with seed ``10_000 + j``
@@ -10,7 +10,7 @@ for every snapshot, so the points of the curve pair. Writes ``curve.json``, ``cu
 (success rate with a bootstrap 95% CI over episodes, the online evaluation return) and
 ``curve.png`` to ``--out``.
 
-    python benchmarks/bench_ant_goal.py --agent-dir ~/.cache/mpcdwm/collect/mpcdwm_AntGoal-v0-seed0
+    python benchmarks/bench_ant_goal.py --agent-dir ~/.cache/mpcdwm/collect/mpcdwm_AntGoal-v1-seed0
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "ant_goal"
 
 def success_rate(policy, episodes: int) -> tuple[list[float], list[int]]:
     """Per episode: 1.0 if the goal was reached, and the steps it took (or ran)."""
-    env = make_env("mpcdwm/AntGoal-v0", resample_goal=False)
+    env = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
     reached, steps = [], []
     for j in range(episodes):
         obs, _ = env.reset(seed=10_000 + j)
@@ -51,7 +51,7 @@ def success_rate(policy, episodes: int) -> tuple[list[float], list[int]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    default_dir = Path.home() / ".cache" / "mpcdwm" / "collect" / "mpcdwm_AntGoal-v0-seed0"
+    default_dir = Path.home() / ".cache" / "mpcdwm" / "collect" / "mpcdwm_AntGoal-v1-seed0"
     p.add_argument("--agent-dir", type=Path, default=default_dir)
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--every", type=int, default=10, help="evaluate every k-th snapshot")
@@ -93,7 +93,7 @@ def main() -> None:
     }
     (args.out / "curve.json").write_text(json.dumps({**header, "curve": rows}, indent=1))
     lines = [
-        f"# Goal-reaching ant (mpcdwm/AntGoal-v0), {header['date']}",
+        f"# Goal-reaching ant (mpcdwm/AntGoal-v1), {header['date']}",
         "",
         f"`python benchmarks/bench_ant_goal.py --agent-dir {args.agent_dir} --episodes "
         f"{args.episodes} --every {args.every}`; trained {header['env_steps_trained']} env steps "

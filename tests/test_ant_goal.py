@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mpcdwm.envs import make_env
-from mpcdwm.maze import ANT_OBS_DIM, AntGoalEnv
+from mpcdwm.maze import ANT_GOAL_REWARD, ANT_OBS_DIM, AntGoalEnv
 
 
 def _moving(env, velocity_x: float) -> tuple[float, dict]:
@@ -20,8 +20,16 @@ def _moving(env, velocity_x: float) -> tuple[float, dict]:
     return reward, info
 
 
+def _set_yaw(env, yaw: float) -> None:
+    """Turn the torso to ``yaw`` (radians about z), everything else kept."""
+    ant = env.unwrapped.ant
+    qpos = ant.data.qpos.copy()
+    qpos[3:7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+    ant.set_state(qpos, ant.data.qvel.copy())
+
+
 def test_observation_is_the_ants_then_the_goal_relative_to_it():
-    env = make_env("mpcdwm/AntGoal-v0")
+    env = make_env("mpcdwm/AntGoal-v1")
     assert env.spec.max_episode_steps == 500
     obs, info = env.reset(seed=3)
     ant = env.unwrapped.ant
@@ -29,16 +37,35 @@ def test_observation_is_the_ants_then_the_goal_relative_to_it():
     # AntMaze-v5's ant layout: qpos without x/y, then qvel.
     np.testing.assert_allclose(obs[:13], ant.data.qpos[2:], atol=1e-6)
     np.testing.assert_allclose(obs[13:ANT_OBS_DIM], ant.data.qvel, atol=1e-6)
-    np.testing.assert_allclose(obs[ANT_OBS_DIM:], info["goal"] - ant.data.qpos[:2], atol=1e-5)
+    offset = info["goal"] - ant.data.qpos[:2]
+    # The goal in the torso's heading frame: same distance, rotated by the ant's yaw.
+    assert np.linalg.norm(obs[ANT_OBS_DIM:]) == pytest.approx(np.linalg.norm(offset), rel=1e-5)
     assert 2.0 <= np.linalg.norm(obs[ANT_OBS_DIM:]) <= 5.0
-    again, _ = make_env("mpcdwm/AntGoal-v0").reset(seed=3)
+    again, _ = make_env("mpcdwm/AntGoal-v1").reset(seed=3)
     np.testing.assert_array_equal(obs, again)  # one seed fixes the start and the goal
     other, _ = env.reset(seed=4)
     assert not np.allclose(other[ANT_OBS_DIM:], obs[ANT_OBS_DIM:])
 
 
+def test_goal_is_given_in_the_frame_of_the_ants_heading():
+    env = make_env("mpcdwm/AntGoal-v1")
+    env.reset(seed=0)
+    ahead_in_world_x = env.unwrapped.xy() + np.array([3.0, 0.0])
+    observed = {}
+    for yaw in (0.0, np.pi / 2, np.pi):
+        env.reset(seed=0)
+        _set_yaw(env, yaw)
+        env.unwrapped.goal = ahead_in_world_x.copy()
+        obs, *_ = env.step(np.zeros(8, np.float32))
+        observed[yaw] = obs[ANT_OBS_DIM:]
+    # Facing +x the goal is ahead; facing +y it is to the right; facing -x, behind.
+    np.testing.assert_allclose(observed[0.0], [3.0, 0.0], atol=0.1)
+    np.testing.assert_allclose(observed[np.pi / 2], [0.0, -3.0], atol=0.1)
+    np.testing.assert_allclose(observed[np.pi], [-3.0, 0.0], atol=0.1)
+
+
 def test_reward_pays_velocity_toward_the_goal():
-    env = make_env("mpcdwm/AntGoal-v0")
+    env = make_env("mpcdwm/AntGoal-v1")
     env.reset(seed=0)
     goal_ahead = env.unwrapped.xy() + np.array([3.0, 0.0])
     rewards = {}
@@ -50,17 +77,23 @@ def test_reward_pays_velocity_toward_the_goal():
     # Walking toward the goal at 2 m/s earns about 4 per step more than walking away.
     assert rewards[2.0] - rewards[-2.0] == pytest.approx(4.0, abs=1.0)
     assert rewards[2.0] > 1.0 > rewards[-2.0]
+    # Standing still earns at most the survive bonus, a quarter of walking at 1 m/s.
+    env.reset(seed=0)
+    env.unwrapped.goal = goal_ahead.copy()
+    _, still, *_ = env.step(np.zeros(8, np.float32))
+    assert still <= ANT_GOAL_REWARD["healthy_reward"] + 0.05
 
 
 def test_reaching_the_goal_draws_a_new_one_or_ends_the_episode():
-    env = make_env("mpcdwm/AntGoal-v0")
+    env = make_env("mpcdwm/AntGoal-v1")
     env.reset(seed=1)
     near = env.unwrapped.xy() + np.array([0.1, 0.0])
     env.unwrapped.goal = near.copy()
-    obs, _, terminated, _, info = env.step(np.zeros(8, np.float32))
+    obs, reward, terminated, _, info = env.step(np.zeros(8, np.float32))
     assert info["success"] and info["goals_reached"] == 1 and not terminated
+    assert reward >= env.unwrapped.goal_bonus  # the bonus on the step that reaches it
     assert 1.5 <= np.linalg.norm(obs[ANT_OBS_DIM:]) <= 5.5  # a new goal 2-5 m from the ant
-    evaluation = make_env("mpcdwm/AntGoal-v0", resample_goal=False)
+    evaluation = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
     evaluation.reset(seed=1)
     evaluation.unwrapped.goal = evaluation.unwrapped.xy() + np.array([0.1, 0.0])
     _, _, terminated, _, info = evaluation.step(np.zeros(8, np.float32))

@@ -16,10 +16,17 @@ import minari
 import numpy as np
 import pytest
 
+from mpcdwm import collect as collect_module
 from mpcdwm import online_td3
 from mpcdwm.agents.rebrac import dataset_key, td3_config
 from mpcdwm.checkpoint import CheckpointError
-from mpcdwm.collect import CollectConfig, collect, command_line, default_dataset_id
+from mpcdwm.collect import (
+    EXPERT_CHOICE_NAME,
+    CollectConfig,
+    collect,
+    command_line,
+    default_dataset_id,
+)
 from mpcdwm.data import D4RL_REF_SCORES, load_dataset
 from mpcdwm.online_td3 import CHECKPOINT_NAME, select_expert, train_online
 
@@ -257,7 +264,7 @@ def test_expert_is_the_snapshot_that_scores_best_under_the_recording_noise(pendu
     ) == (-1, [])
 
 
-def test_recipes_have_the_right_structure(pendulum, tmp_path):
+def test_recipes_have_the_right_structure(pendulum, tmp_path, monkeypatch):
     cfg, _, _, run = pendulum
     cfg = dataclasses.replace(cfg, expert_candidates=2, expert_select_episodes=2)
     final = run.evals[-1]["return"]
@@ -266,6 +273,9 @@ def test_recipes_have_the_right_structure(pendulum, tmp_path):
     loaded = {}
     for recipe in ("medium", "medium-replay", "expert", "medium-expert"):
         out = tmp_path / recipe
+        if recipe == "medium-expert":
+            # The expert recipe's choice is saved with the agent: not replayed.
+            monkeypatch.setattr(collect_module, "select_expert", _not_again)
         path = collect(dataclasses.replace(cfg, recipe=recipe, out=out))
         assert path == str(out)
         ds = load_dataset(path)
@@ -300,6 +310,18 @@ def test_recipes_have_the_right_structure(pendulum, tmp_path):
     # with this tiny budget both balance most episodes, and their returns overlap.)
     for ds in (med, exp):
         assert ds.episode_returns()[:-1].mean() > 5 * run.random_return
+    saved = json.loads((cfg.agent_dir / EXPERT_CHOICE_NAME).read_text())
+    assert saved["rows"] == rows and saved["made_for"]["env_steps"] == run.env_steps
+    # An unreadable saved choice is made again, the same, and saved again.
+    monkeypatch.undo()
+    (cfg.agent_dir / EXPERT_CHOICE_NAME).write_text("{")
+    again = load_dataset(collect(dataclasses.replace(cfg, recipe="expert", out=tmp_path / "e2")))
+    np.testing.assert_array_equal(again.observations, exp.observations)
+    assert json.loads((cfg.agent_dir / EXPERT_CHOICE_NAME).read_text()) == saved
+
+
+def _not_again(*args, **kwargs):
+    raise AssertionError("the expert was chosen again instead of reusing the saved choice")
 
 
 def test_relative_out_folder_is_written_where_asked(tmp_path, monkeypatch):

@@ -264,7 +264,7 @@ def test_antmaze_dataset_round_trip_and_play_cells(ant_policy, tmp_path):
 
 def test_collect_command_drives_the_trained_ant_through_antmaze(tmp_path):
     """`collect --env AntMaze_... --recipe play` loads the online TD3 agent of
-    mpcdwm/AntGoal-v0 (here a few hundred steps of it) and records the maze with it."""
+    mpcdwm/AntGoal-v1 (here a few hundred steps of it) and records the maze with it."""
     from mpcdwm.checkpoint import CheckpointError
     from mpcdwm.collect import ANT_GOAL_ENV, CollectConfig, collect
     from mpcdwm.online_td3 import train_online
@@ -284,7 +284,7 @@ def test_collect_command_drives_the_trained_ant_through_antmaze(tmp_path):
     assert ds.metadata["mpcdwm_recipe"] == "play"
     with pytest.raises(ValueError, match="does not apply"):
         collect(dataclasses.replace(cfg, recipe="medium", out=tmp_path / "bad"))
-    with pytest.raises(CheckpointError, match="goal-reaching ant.*mpcdwm/AntGoal-v0"):
+    with pytest.raises(CheckpointError, match="goal-reaching ant.*mpcdwm/AntGoal-v1"):
         collect(dataclasses.replace(cfg, agent_dir=tmp_path / "none", out=tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
 

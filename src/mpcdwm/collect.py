@@ -45,7 +45,7 @@ from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.configs import FIELD_RULES, NON_NEGATIVE, POSITIVE_INT, check_config
 from mpcdwm.data import ref_scores_for
 from mpcdwm.envs import limit_kwargs, make_env
-from mpcdwm.files import ensure_writable_dir, ensure_writable_parent
+from mpcdwm.files import ensure_writable_dir, ensure_writable_parent, write_json_atomic
 from mpcdwm.minari_io import (
     TRANSITION_FIELDS,
     Transitions,
@@ -77,7 +77,7 @@ RECIPES: tuple[str, ...] = (
     "play",
     "diverse",
 )
-ANT_GOAL_ENV = "mpcdwm/AntGoal-v0"
+ANT_GOAL_ENV = "mpcdwm/AntGoal-v1"
 """The low-level ant's task for AntMaze collection (:class:`mpcdwm.maze.AntGoalEnv`)."""
 
 
@@ -94,8 +94,8 @@ class CollectConfig:
 
     AntMaze ids take the recipes ``play`` and ``diverse``
     (:func:`mpcdwm.maze.write_antmaze_dataset`): the goal-reaching ant in ``agent_dir``
-    (default: the online TD3 agent of ``mpcdwm/AntGoal-v0`` with this seed, trained by
-    ``mpcdwm collect --env mpcdwm/AntGoal-v0 --recipe expert``) follows BFS waypoints, with
+    (default: the online TD3 agent of ``mpcdwm/AntGoal-v1`` with this seed, trained by
+    ``mpcdwm collect --env mpcdwm/AntGoal-v1 --recipe expert``) follows BFS waypoints, with
     action noise ``rollout_noise`` (default :data:`~mpcdwm.maze.ANTMAZE_NOISE`).
     """
 
@@ -159,7 +159,7 @@ class CollectConfig:
     """Expert return for normalised scores of envs without D4RL references; default: the
     trained online agent's final evaluation return."""
     progress: bool = True
-    """Show rich progress bars."""
+    """Show rich progress bars (the online TD3 logs one line per evaluation either way)."""
 
 
 TD3_ROLLOUT_NOISE = 0.1
@@ -440,6 +440,21 @@ def collect(cfg: CollectConfig) -> str:
     return result
 
 
+EXPERT_CHOICE_NAME = "expert_choice.json"
+"""The expert snapshot :func:`select_expert` chose, kept beside the online agent's checkpoint
+for the run it was made on: the expert and medium-expert recipes and AntMaze collection
+reuse it instead of replaying every candidate (minutes)."""
+
+
+def _saved_expert_choice(agent_dir: Path) -> dict[str, Any] | None:
+    """The choice saved in ``agent_dir``, or None (none saved, or unreadable: choose again)."""
+    try:
+        saved = json.loads((agent_dir / EXPERT_CHOICE_NAME).read_text())
+        return saved if {"made_for", "chosen", "rows"} <= set(saved) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _expert_actor(
     cfg: CollectConfig,
     run: OnlineRun,
@@ -449,10 +464,26 @@ def _expert_actor(
     meta: dict[str, Any],
     console: Console,
 ) -> Params:
-    """The expert's weights (:func:`select_expert`); how they were chosen goes into ``meta``."""
-    chosen, rows = select_expert(
-        cfg, run, td3, noise=noise, key=jax.random.fold_in(key, 1), console=console
-    )
+    """The expert's weights (:func:`select_expert`, or its choice saved for this run in the
+    agent folder); how they were chosen goes into ``meta``."""
+    agent_dir = cfg.agent_dir or default_agent_dir(cfg)
+    made_for = {
+        "env_steps": int(run.env_steps),
+        "expert_candidates": cfg.expert_candidates,
+        "expert_select_episodes": cfg.expert_select_episodes,
+        "noise": float(noise),
+    }
+    saved = _saved_expert_choice(agent_dir)
+    if saved is not None and saved["made_for"] == made_for:
+        chosen, rows = int(saved["chosen"]), saved["rows"]
+        console.print(f"[collect] expert: the choice saved in {agent_dir / EXPERT_CHOICE_NAME}")
+    else:
+        chosen, rows = select_expert(
+            cfg, run, td3, noise=noise, key=jax.random.fold_in(key, 1), console=console
+        )
+        write_json_atomic(
+            agent_dir / EXPERT_CHOICE_NAME, {"made_for": made_for, "chosen": chosen, "rows": rows}
+        )
     if chosen < 0:
         meta["mpcdwm_expert_env_steps"] = int(run.env_steps)
         return run.state.actor
@@ -477,7 +508,15 @@ def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
             f"Train it first with `mpcdwm collect --env {ANT_GOAL_ENV} --recipe expert "
             f"--seed {cfg.seed} --train-steps 1000000` (resumable), or pass --agent-dir."
         )
-    policy, progress = load_policy(ant_dir)
+    # The expert the ant's own expert recipe chose, when it ran on these weights; else the
+    # latest weights.
+    saved = _saved_expert_choice(ant_dir)
+    snapshot = None if saved is None or saved["chosen"] < 0 else int(saved["chosen"])
+    policy, progress = load_policy(ant_dir, snapshot)
+    if snapshot is not None and saved["made_for"]["env_steps"] != progress["env_steps"]:
+        policy, progress = load_policy(ant_dir)
+        snapshot = None
+    driver = progress if snapshot is None else progress["evals"][snapshot]
     return maze.write_antmaze_dataset(
         cfg.env,
         policy,
@@ -492,7 +531,7 @@ def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
         extra_metadata={
             "mpcdwm_command": command_line(cfg),
             "mpcdwm_low_level_agent": str(ant_dir),
-            "mpcdwm_low_level_env_steps": int(progress["env_steps"]),
+            "mpcdwm_low_level_env_steps": int(driver["env_steps"]),
         },
     )
 

@@ -46,7 +46,7 @@ ANTMAZE_V5_DEFAULTS: dict[str, Any] = {"include_cfrc_ext_in_observation": False}
 """AntMaze-v5 without the 84 contact-force columns, sized like D4RL's observations."""
 
 MPCDWM_ENVS: dict[str, dict[str, Any]] = {
-    "mpcdwm/AntGoal-v0": {"entry_point": "mpcdwm.maze:AntGoalEnv", "max_episode_steps": 500},
+    "mpcdwm/AntGoal-v1": {"entry_point": "mpcdwm.maze:AntGoalEnv", "max_episode_steps": 500},
     **{
         f"mpcdwm/AntMaze_{size}_Eval-v5": {
             "entry_point": "mpcdwm.maze:make_eval_antmaze",

@@ -28,8 +28,6 @@ run through :func:`mpcdwm.rollout.run_episodes`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ from rich.table import Table
 from mpcdwm.agents import TrainedAgent, load_agent
 from mpcdwm.checkpoint import checkpoint_digest, checkpoint_file
 from mpcdwm.envs import health_rule, make_env
-from mpcdwm.files import ensure_writable_dir
+from mpcdwm.files import ensure_writable_dir, write_json_atomic
 from mpcdwm.mpc import PLANNERS, MPCConfig, check_ensemble, make_planner, resolve, validate_config
 from mpcdwm.rollout import run_episodes
 from mpcdwm.world import load_world_model
@@ -133,14 +131,6 @@ def chosen_by_fields(entries: tuple[str, ...]) -> dict[str, str]:
             )
         out[name] = rule.strip()
     return out
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename: a reader sees
-    the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def _finite_or_none(x: float) -> float | None:

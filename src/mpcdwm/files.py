@@ -4,8 +4,9 @@ Owns :class:`UserFileError` (a file or folder the user named cannot be read or w
 its message names it, the problem and the fix), :func:`ensure_writable_dir` (every command
 checks its output folders with it before any work, so a bad ``--out`` costs seconds, not a
 training run), :func:`reading` and :func:`writing` (turn the errors of reading or writing
-one file into messages that name it) and :func:`same_dataset` (a dataset given as a
-relative or an absolute path is the same dataset).
+one file into messages that name it), :func:`write_text_atomic` / :func:`write_json_atomic`
+(small result files a reader never sees half-written) and :func:`same_dataset` (a dataset
+given as a relative or an absolute path is the same dataset).
 
 The bottom layer of the package: it imports nothing of mpcdwm.
 """
@@ -19,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class UserFileError(RuntimeError):
@@ -183,6 +185,20 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
         if err.filename is not None or err.errno is None:
             raise
         raise type(err)(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: a reader (or a run that
+    resumes after a kill) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """:func:`write_text_atomic` of ``data`` as JSON (NaN and infinities refused)."""
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
 
 
 def _as_dataset_path(text: str) -> str:

@@ -14,8 +14,8 @@ next one starts from a new random start/goal, which matches the evaluation episo
 Flattened PointMaze observation (``DICT_OBS_ORDER``): ``[achieved_goal(2), x, y, vx, vy,
 desired_goal(2)]`` = 8 columns.
 
-AntMaze, made here as D4RL did: :class:`AntGoalEnv` (``mpcdwm/AntGoal-v0``) is the task
-of a goal-reaching low-level ant (``mpcdwm collect --env mpcdwm/AntGoal-v0 --recipe expert``
+AntMaze, made here as D4RL did: :class:`AntGoalEnv` (``mpcdwm/AntGoal-v1``) is the task
+of a goal-reaching low-level ant (``mpcdwm collect --env mpcdwm/AntGoal-v1 --recipe expert``
 trains the project's online TD3 on it, checkpointed and resumable: Gymnasium's Ant walking
 to goals 2-5 m away); :func:`collect_antmaze` drives it along BFS waypoints through
 gymnasium-robotics' AntMaze with D4RL's ``play`` (hand-picked start and goal cells) and
@@ -54,21 +54,42 @@ ANT_OBS_DIM = 27
 layout of AntMaze-v5's ``observation`` (and of D4RL's AntMaze ant)."""
 
 
+ANT_GOAL_REWARD: dict[str, float] = {"healthy_reward": 0.25, "ctrl_cost_weight": 0.1}
+"""Ant-v5's reward weights as :class:`AntGoalEnv` sets them (Ant-v5's own: 1.0 and 0.5).
+With Ant-v5's survive bonus of 1 per step and its control cost, standing still outscored
+walking to the goal at ~1 m/s: a TD3 ant trained on that reward to 760k env steps stood
+still and reached 0-10% of its goals (``benchmarks/results/ant_goal/curve.md``, v0)."""
+
+
+def goal_in_heading_frame(ant_obs: np.ndarray, offset_xy: np.ndarray) -> np.ndarray:
+    """A world-frame (x, y) offset from the torso, shape (2,), in the frame of the torso's
+    heading (its yaw, read from the quaternion ``ant_obs[1:5]`` = (w, x, y, z) of the
+    27-entry ant observation): first entry ahead, second to the left. A policy given
+    goals this way learns one gait per relative direction instead of one per heading."""
+    w, x, y, z = (float(v) for v in ant_obs[1:5])
+    yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+    c, s = np.cos(yaw), np.sin(yaw)
+    dx, dy = float(offset_xy[0]), float(offset_xy[1])
+    return np.array([c * dx + s * dy, -s * dx + c * dy])
+
+
 class AntGoalEnv(gym.Env):
     """Gymnasium's Ant (v5) walking to a goal: the low-level task of AntMaze collection.
 
     Observation ``(29,)``: the ant's own 27 entries (:data:`ANT_OBS_DIM`) then the goal
-    relative to the torso, ``goal_xy - ant_xy`` (world frame; the orientation is in the
-    ant's entries), so a policy trained here follows any waypoint given that way, AntMaze's
-    included. Goals are drawn around the ant at a distance uniform in ``goal_distance``
-    (metres) and a uniform angle. Reward per step: the torso's velocity toward the goal
-    (m/s, the progress ``(d_before - d_after) / dt``) plus Ant-v5's own survive bonus,
-    control cost and contact cost, so walking to the goal replaces walking along x. A goal
-    counts as reached within ``goal_radius``: with ``resample_goal`` (training) a new goal
-    is drawn and the episode goes on; without (evaluation), the episode ends there.
-    Unhealthy ants end the episode as in Ant-v5. ``info``: ``goal`` (2,), ``success``
+    relative to the torso in the frame of its heading (:func:`goal_in_heading_frame`), so a
+    policy trained here follows any waypoint given that way, AntMaze's included. Goals are
+    drawn around the ant at a distance uniform in ``goal_distance`` (metres) and a uniform
+    angle. Reward per step: the torso's velocity toward the goal (m/s, the progress
+    ``(d_before - d_after) / dt``), ``goal_bonus`` on the step that reaches it, plus Ant-v5's
+    survive bonus, control cost and contact cost at the weights of :data:`ANT_GOAL_REWARD`
+    (``ant_kwargs`` override them), so walking to the goal pays and standing still does
+    not. A goal counts as reached within ``goal_radius``: with ``resample_goal`` (training)
+    a new goal is drawn and the episode goes on; without (evaluation), the episode ends
+    there. Unhealthy ants end the episode as in Ant-v5. ``info``: ``goal`` (2,), ``success``
     (this step reached it), ``goals_reached`` (this episode). Registered as
-    ``mpcdwm/AntGoal-v0`` (500 steps, 25 s) by :func:`mpcdwm.envs.make_env`.
+    ``mpcdwm/AntGoal-v1`` (500 steps, 25 s) by :func:`mpcdwm.envs.make_env` (``-v0``, with
+    world-frame goals and Ant-v5's weights, is gone: its policies stood still).
     """
 
     metadata = {"render_modes": []}
@@ -78,6 +99,7 @@ class AntGoalEnv(gym.Env):
         goal_distance: tuple[float, float] = (2.0, 5.0),
         goal_radius: float = 0.5,
         resample_goal: bool = True,
+        goal_bonus: float = 5.0,
         **ant_kwargs: Any,
     ) -> None:
         if not 0 < goal_distance[0] <= goal_distance[1] or not goal_radius > 0:
@@ -85,7 +107,7 @@ class AntGoalEnv(gym.Env):
                 f"AntGoalEnv needs 0 < goal_distance[0] <= goal_distance[1] and goal_radius > 0, "
                 f"got {goal_distance} and {goal_radius}."
             )
-        kwargs = {"include_cfrc_ext_in_observation": False, **ant_kwargs}
+        kwargs = {"include_cfrc_ext_in_observation": False, **ANT_GOAL_REWARD, **ant_kwargs}
         # The bare MuJoCo env: the time limit is this env's (its registration), not Ant's.
         self.ant = gym.make("Ant-v5", **kwargs).unwrapped
         if self.ant.observation_space.shape != (ANT_OBS_DIM,):
@@ -96,6 +118,7 @@ class AntGoalEnv(gym.Env):
         self.goal_distance = (float(goal_distance[0]), float(goal_distance[1]))
         self.goal_radius = float(goal_radius)
         self.resample_goal = resample_goal
+        self.goal_bonus = float(goal_bonus)
         self.action_space = self.ant.action_space
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (ANT_OBS_DIM + 2,), np.float32)
         self.goal = np.zeros(2)
@@ -115,7 +138,8 @@ class AntGoalEnv(gym.Env):
         return self.xy() + distance * np.array([np.cos(angle), np.sin(angle)])
 
     def _obs(self, ant_obs: np.ndarray) -> np.ndarray:
-        return np.concatenate([ant_obs, self.goal - self.xy()]).astype(np.float32)
+        goal = goal_in_heading_frame(ant_obs, self.goal - self.xy())
+        return np.concatenate([ant_obs, goal]).astype(np.float32)
 
     def _info(self, success: bool) -> dict[str, Any]:
         return {"goal": self.goal.copy(), "success": success, "goals_reached": self.goals_reached}
@@ -139,6 +163,7 @@ class AntGoalEnv(gym.Env):
         )
         success = bool(after < self.goal_radius)
         if success:
+            reward += self.goal_bonus
             self.goals_reached += 1
             if self.resample_goal:
                 self.goal = self._draw_goal()
@@ -398,8 +423,9 @@ def collect_antmaze(
     more than one, :func:`antmaze_cells`), resets there (the env adds its position noise),
     and follows the shortest path of cells: ``policy`` (e.g. :func:`mpcdwm.online_td3.load_policy`
     of an agent trained on :class:`AntGoalEnv`) sees the ant's 27 entries and the next
-    waypoint relative to the torso, its action gets Gaussian ``noise``. Episodes end at the
-    goal (reward 1, terminal) or at the time limit, until at least ``steps`` transitions.
+    waypoint relative to the torso in its heading's frame, as in training; its action gets
+    Gaussian ``noise``. Episodes end at the goal (reward 1, terminal) or at the time limit,
+    until at least ``steps`` transitions.
     ``env_kwargs`` go to the env (e.g. ``maze_map``). Returns collect-style transitions with
     the flattened observations ``[achieved_goal (2), ant (27), desired_goal (2)]``.
     """
@@ -416,7 +442,8 @@ def collect_antmaze(
     rows: dict[str, list[Any]] = {k: [] for k in TRANSITION_FIELDS}
 
     def act(obs: np.ndarray, waypoint: np.ndarray) -> np.ndarray:
-        low_level = np.concatenate([obs[2 : 2 + ANT_OBS_DIM], waypoint - obs[:2]])
+        ant = obs[2 : 2 + ANT_OBS_DIM]
+        low_level = np.concatenate([ant, goal_in_heading_frame(ant, waypoint - obs[:2])])
         action = np.asarray(policy(low_level.astype(np.float32)))
         action = np.clip(action + noise * rng.standard_normal(action.shape), -1.0, 1.0)
         return action.astype(np.float32)

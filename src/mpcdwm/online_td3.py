@@ -625,13 +625,13 @@ def train_online(
                 run.evals.append({"env_steps": run.env_steps, "return": evaluate()})
                 # A copy: np.asarray could alias device memory that the donated update reuses.
                 run.snapshots.append(jax.tree_util.tree_map(np.array, run.state.actor))
-                if cfg.progress:
-                    # One line per evaluation: a readable log when stderr is not a terminal.
-                    console.print(
-                        f"[collect] env step {run.env_steps}: eval return "
-                        f"{run.evals[-1]['return']:.1f}, last episode {last_return:.1f}, "
-                        f"{rate.replace('/s', ' per s')}"
-                    )
+                # One line per evaluation, with or without the bar: the log a background
+                # run (--no-progress, stderr to a file) is followed by.
+                console.print(
+                    f"[collect] env step {run.env_steps}: eval return "
+                    f"{run.evals[-1]['return']:.1f}, last episode {last_return:.1f}, "
+                    f"{rate.replace('/s', ' per s')}"
+                )
             done = run.env_steps >= total or reached()
             overdue = time.monotonic() - saved_at >= 60.0 * cfg.checkpoint_minutes
             if since_ckpt >= cfg.checkpoint_every or done or overdue:

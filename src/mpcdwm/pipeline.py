@@ -34,7 +34,7 @@ from mpcdwm.checkpoint import (
 )
 from mpcdwm.configs import check_config, read_mapping_file, same_setting
 from mpcdwm.evaluate import EvaluateConfig, evaluate
-from mpcdwm.files import ensure_writable_dir
+from mpcdwm.files import ensure_writable_dir, write_text_atomic
 from mpcdwm.mpc import MPCConfig, validate_config
 from mpcdwm.report import ReportConfig, report
 from mpcdwm.world import TrainWorldModelConfig, train_world_model
@@ -207,12 +207,6 @@ def _check_resumable(previous: dict[str, Any], effective: dict[str, Any], out: P
             )
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -312,7 +306,7 @@ def run(cfg: RunConfig) -> Path:
                 f"[yellow]note:[/] {config_path} differs in {changed}; trained stages are kept "
                 "(more steps continue them), evaluation uses the new config."
             )
-    _write_text_atomic(config_path, yaml.safe_dump(effective, sort_keys=False))
+    write_text_atomic(config_path, yaml.safe_dump(effective, sort_keys=False))
 
     stages = 4
     t_start = time.perf_counter()
