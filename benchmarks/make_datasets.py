@@ -17,8 +17,19 @@ exists is skipped, so the command resumes; the online agent resumes from its che
 normalized return, the TD3 step of the medium point, wall time, load average) goes to
 ``benchmarks/results/datasets/<name>.json`` and all of them to ``datasets.md``.
 
+With ``--antmaze`` it makes D4RL's six AntMaze datasets instead (issue 15): the goal-reaching
+ant shipped with the package (or, with ``--train-ant``, one trained here first: ``mpcdwm
+collect --env mpcdwm/AntGoal-v1 --recipe expert``, online TD3 to ``--ant-train-steps`` env
+steps, resumable, its expert snapshot chosen, a short recording of it kept as
+``OUT/antgoal-expert-v0`` and its policy exported as ``OUT/antgoal-v1-seed0.ckpt``) driven
+along BFS waypoints through ``AntMaze_{UMaze,Medium,Large}-v5`` with the ``play`` and
+``diverse`` recipes, ``--antmaze-steps`` transitions each, into
+``OUT/antmaze-<maze>-<recipe>-v0`` (their mean normalized return is the fraction of episodes
+that reach their goal).
+
     python benchmarks/make_datasets.py                       # medium + medium-replay, 3 envs
     python benchmarks/make_datasets.py --expert --expert-train-steps 1000000
+    python benchmarks/make_datasets.py --antmaze --antmaze-steps 1000000 [--train-ant]
 """
 
 from __future__ import annotations
@@ -27,16 +38,23 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from mpcdwm.collect import CollectConfig, collect
+from mpcdwm.collect import CollectConfig, collect, export_expert
 from mpcdwm.data import load_dataset
+from mpcdwm.online_td3 import default_agent_dir
 
 ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
+MAZES = ("UMaze", "Medium", "Large")
+ANT_GOAL_ENV = "mpcdwm/AntGoal-v1"
+# Uniform random actions before the ant's TD3 acts: TD3's published setting for the MuJoCo
+# tasks. Part of the ant's checkpoint identity (a run resumes only with the same value).
+ANT_START_STEPS = 25_000
 RESULTS = Path(__file__).resolve().parent / "results" / "datasets"
 # D4RL v2 datasets of the same name (normalized mean return of their episodes), for reference.
 D4RL_REFERENCE = {
@@ -59,7 +77,7 @@ def family(env: str) -> str:
     return env.split("-v")[0].lower()
 
 
-def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig) -> dict:
+def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig, command: str) -> dict:
     ds = load_dataset(str(path))
     returns = ds.episode_returns()
     meta = ds.metadata
@@ -77,7 +95,7 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig) -> dict
         "load_avg_1m_at_end": os.getloadavg()[0],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "command": " ".join(["python benchmarks/make_datasets.py"]),
+        "command": command,
     }
     for key in (
         "mpcdwm_medium_env_steps",
@@ -86,6 +104,7 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig) -> dict
         "mpcdwm_agent_env_steps",
         "mpcdwm_expert_return",
         "mpcdwm_expert_env_steps",
+        "mpcdwm_low_level_env_steps",
         "mpcdwm_command",
     ):
         if key in meta:
@@ -110,6 +129,58 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def make(folder: Path, name: str, cfg: CollectConfig, command: str) -> None:
+    """Collect ``cfg`` into ``folder`` unless it exists; its summary into RESULTS."""
+    summary = RESULTS / f"{name}.json"
+    if folder.exists():
+        print(f"[make_datasets] {folder} exists, skipped", flush=True)
+        if not summary.exists():
+            row = summarize(folder, name, 0.0, cfg, command)
+            summary.write_text(json.dumps(row, indent=1) + "\n")
+        return
+    t0 = time.perf_counter()
+    collect(cfg)
+    row = summarize(folder, name, time.perf_counter() - t0, cfg, command)
+    summary.write_text(json.dumps(row, indent=1) + "\n")
+    print(f"[make_datasets] {json.dumps(row)}", flush=True)
+
+
+def make_antmaze(args: argparse.Namespace, command: str) -> None:
+    """The six AntMaze datasets, driven by the ant shipped with the package, or with
+    ``--train-ant`` by one trained here (then exported beside the datasets)."""
+    progress = not args.no_progress
+    agent_dir = None
+    if args.train_ant:
+        ant = CollectConfig(
+            env=ANT_GOAL_ENV,
+            recipe="expert",
+            steps=10_000,
+            seed=args.seed,
+            out=(args.out / "antgoal-expert-v0").resolve(),
+            train_steps=args.ant_train_steps,
+            start_steps=ANT_START_STEPS,
+            progress=progress,
+        )
+        make(ant.out, "antgoal-expert", ant, command)
+        agent_dir = default_agent_dir(ant)
+        policy = export_expert(agent_dir, (args.out / f"antgoal-v1-seed{args.seed}.ckpt").resolve())
+        print(f"[make_datasets] the ant's expert: {policy} (ship: copy to src/mpcdwm/assets/)")
+    for recipe in ("play", "diverse"):
+        for maze in MAZES:
+            name = f"antmaze-{maze.lower()}-{recipe}"
+            cfg = CollectConfig(
+                env=f"AntMaze_{maze}-v5",
+                recipe=recipe,
+                steps=args.antmaze_steps,
+                seed=args.seed,
+                dataset_id=f"mpcdwm/{name}-seed{args.seed}-v0",
+                out=(args.out / f"{name}-v0").resolve(),
+                agent_dir=agent_dir,
+                progress=progress,
+            )
+            make(cfg.out, name, cfg, command)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("data"))
@@ -119,37 +190,36 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=500_000, help="TD3 cap for medium")
     p.add_argument("--expert", action="store_true", help="also expert and medium-expert")
     p.add_argument("--expert-train-steps", type=int, default=1_000_000)
+    p.add_argument("--antmaze", action="store_true", help="the six AntMaze datasets instead")
+    p.add_argument(
+        "--train-ant", action="store_true", help="train the goal-reaching ant, not the shipped one"
+    )
+    p.add_argument("--ant-train-steps", type=int, default=1_000_000)
+    p.add_argument("--antmaze-steps", type=int, default=1_000_000)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
+    command = " ".join(["python benchmarks/make_datasets.py", *sys.argv[1:]])
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    recipes = ["medium", "medium-replay"] + (["expert", "medium-expert"] if args.expert else [])
-    for recipe in recipes:
-        for env in args.envs:
-            name = f"{family(env)}-{recipe}"
-            folder = (args.out / f"{name}-v0").resolve()
-            summary = RESULTS / f"{name}.json"
-            expertish = recipe in ("expert", "medium-expert")
-            cfg = CollectConfig(
-                env=env,
-                recipe=recipe,
-                steps=args.medium_steps,
-                seed=args.seed,
-                dataset_id=f"mpcdwm/{name}-seed{args.seed}-v0",
-                out=folder,
-                train_steps=args.expert_train_steps if expertish else args.train_steps,
-                progress=not args.no_progress,
-            )
-            if folder.exists():
-                print(f"[make_datasets] {folder} exists, skipped", flush=True)
-                if not summary.exists():
-                    summary.write_text(json.dumps(summarize(folder, name, 0.0, cfg), indent=1))
-                continue
-            t0 = time.perf_counter()
-            collect(cfg)
-            row = summarize(folder, name, time.perf_counter() - t0, cfg)
-            summary.write_text(json.dumps(row, indent=1) + "\n")
-            print(f"[make_datasets] {json.dumps(row)}", flush=True)
+    if args.antmaze:
+        make_antmaze(args, command)
+    else:
+        recipes = ["medium", "medium-replay"] + (["expert", "medium-expert"] if args.expert else [])
+        for recipe in recipes:
+            for env in args.envs:
+                name = f"{family(env)}-{recipe}"
+                expertish = recipe in ("expert", "medium-expert")
+                cfg = CollectConfig(
+                    env=env,
+                    recipe=recipe,
+                    steps=args.medium_steps,
+                    seed=args.seed,
+                    dataset_id=f"mpcdwm/{name}-seed{args.seed}-v0",
+                    out=(args.out / f"{name}-v0").resolve(),
+                    train_steps=args.expert_train_steps if expertish else args.train_steps,
+                    progress=not args.no_progress,
+                )
+                make(cfg.out, name, cfg, command)
     rows = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
     (RESULTS / "datasets.md").write_text(table(rows))
     print(table(rows))

@@ -267,7 +267,7 @@ def test_collect_command_drives_the_trained_ant_through_antmaze(tmp_path):
     mpcdwm/AntGoal-v1 (here a few hundred steps of it) and records the maze with it."""
     from mpcdwm.checkpoint import CheckpointError
     from mpcdwm.collect import ANT_GOAL_ENV, CollectConfig, collect
-    from mpcdwm.online_td3 import train_online
+    from mpcdwm.online_td3 import export_policy, load_policy_file, train_online
 
     ant = CollectConfig(
         env=ANT_GOAL_ENV, train_steps=300, start_steps=200, chunk=100, eval_every=300,
@@ -282,6 +282,15 @@ def test_collect_command_drives_the_trained_ant_through_antmaze(tmp_path):
     assert ds.observations.shape == (120, 31)  # whole episodes of 40 steps
     assert ds.metadata["mpcdwm_low_level_env_steps"] == 300
     assert ds.metadata["mpcdwm_recipe"] == "play"
+    # The ant's actor alone in a policy file drives the same episodes.
+    policy_file = export_policy(tmp_path / "ant", tmp_path / "ant.ckpt")
+    assert policy_file.stat().st_size < 1_000_000  # no replay buffer
+    from_file = load_dataset(
+        collect(dataclasses.replace(cfg, agent_dir=policy_file, out=tmp_path / "f"))
+    )
+    np.testing.assert_array_equal(from_file.actions, ds.actions)
+    with pytest.raises(CheckpointError, match="env"):
+        load_policy_file(policy_file, env="Hopper-v5")
     with pytest.raises(ValueError, match="does not apply"):
         collect(dataclasses.replace(cfg, recipe="medium", out=tmp_path / "bad"))
     with pytest.raises(CheckpointError, match="goal-reaching ant.*mpcdwm/AntGoal-v1"):

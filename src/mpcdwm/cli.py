@@ -119,7 +119,8 @@ def resume_hint(config: Any) -> str:
             "(finished work is kept)"
         )
     if isinstance(config, CollectConfig):
-        if config.recipe != "random" and "PointMaze" not in config.env:
+        # Maze recipes drive a trained policy: there is no online run of theirs to resume.
+        if config.recipe != "random" and "Maze" not in config.env:
             folder = config.agent_dir or default_agent_dir(config)
             return (
                 f"re-run the same command to resume the online agent from its last "

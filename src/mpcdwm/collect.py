@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,7 +61,9 @@ from mpcdwm.online_td3 import (
     Params,
     default_agent_dir,
     episode_returns,
+    export_policy,
     load_policy,
+    load_policy_file,
     random_return,
     record_rollout,
     select_expert,
@@ -79,6 +83,8 @@ RECIPES: tuple[str, ...] = (
 )
 ANT_GOAL_ENV = "mpcdwm/AntGoal-v1"
 """The low-level ant's task for AntMaze collection (:class:`mpcdwm.maze.AntGoalEnv`)."""
+SHIPPED_ANT = "antgoal-v1-seed0.ckpt"
+"""File name (in ``mpcdwm/assets``) of the goal-reaching ant shipped with the package."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +160,10 @@ class CollectConfig:
     """TD3 batch size (TD3 paper: 256)."""
     agent_dir: Path | None = None
     """Folder of the online agent's checkpoint; default a cache folder per env + seed
-    (``$MPCDWM_CACHE`` or ~/.cache/mpcdwm, then collect/<env>-seed<seed>)."""
+    (``$MPCDWM_CACHE`` or ~/.cache/mpcdwm, then collect/<env>-seed<seed>). AntMaze recipes:
+    the goal-reaching ant's folder, or a policy file of it (``online_td3.export_policy``);
+    default its cache folder when it holds a trained ant, else the ant shipped with the
+    package (:func:`shipped_ant`)."""
     ref_max_score: float | None = None
     """Expert return for normalised scores of envs without D4RL references; default: the
     trained online agent's final evaluation return."""
@@ -455,6 +464,24 @@ def _saved_expert_choice(agent_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def chosen_expert(agent_dir: Path) -> int | None:
+    """The evaluation snapshot the expert recipe chose for the online agent in ``agent_dir``
+    as it is now, or None (no choice saved, or made before the agent trained on; the latest
+    weights then stand for the expert)."""
+    saved = _saved_expert_choice(agent_dir)
+    if saved is None or saved["chosen"] < 0:
+        return None
+    _, meta = load_checkpoint(agent_dir / CHECKPOINT_NAME, expect={"kind": "collect-online-td3"})
+    same_run = saved["made_for"]["env_steps"] == meta["progress"]["env_steps"]
+    return int(saved["chosen"]) if same_run else None
+
+
+def export_expert(agent_dir: Path, path: Path) -> Path:
+    """Write the online agent's expert (:func:`chosen_expert`, else its latest weights) to a
+    policy file (:func:`~mpcdwm.online_td3.export_policy`), e.g. the ant the package ships."""
+    return export_policy(agent_dir, path, chosen_expert(agent_dir))
+
+
 def _expert_actor(
     cfg: CollectConfig,
     run: OnlineRun,
@@ -499,24 +526,39 @@ def _expert_actor(
     return run.snapshots[chosen]
 
 
-def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
-    """AntMaze: drive the trained goal-reaching ant along BFS waypoints (``play``/``diverse``)."""
-    ant_dir = cfg.agent_dir or default_agent_dir(dataclasses.replace(cfg, env=ANT_GOAL_ENV))
+def shipped_ant() -> Path:
+    """The goal-reaching ant shipped inside the package (:data:`SHIPPED_ANT`; a policy file
+    of :func:`~mpcdwm.online_td3.export_policy`), which AntMaze collection drives when no
+    ant of one's own was trained."""
+    return Path(str(resources.files("mpcdwm") / "assets" / SHIPPED_ANT))
+
+
+def _ant_driver(cfg: CollectConfig, ant_dir: Path) -> tuple[Callable, int, str]:
+    """(policy, env steps it was trained for, where it came from) of the ant that drives the
+    maze: ``cfg.agent_dir`` (an online agent's folder, or a policy file), else the online
+    agent in the cache folder, else the shipped ant."""
+    if ant_dir.is_file():
+        policy, meta = load_policy_file(ant_dir, env=ANT_GOAL_ENV)
+        return policy, int(meta["env_steps"]), str(ant_dir)
     if not (ant_dir / CHECKPOINT_NAME).exists():
+        if cfg.agent_dir is None and shipped_ant().is_file():
+            policy, meta = load_policy_file(shipped_ant(), env=ANT_GOAL_ENV)
+            return policy, int(meta["env_steps"]), f"shipped {SHIPPED_ANT}"
         raise CheckpointError(
             f"AntMaze collection drives a goal-reaching ant: no online agent at {ant_dir}. "
             f"Train it first with `mpcdwm collect --env {ANT_GOAL_ENV} --recipe expert "
             f"--seed {cfg.seed} --train-steps 1000000` (resumable), or pass --agent-dir."
         )
-    # The expert the ant's own expert recipe chose, when it ran on these weights; else the
-    # latest weights.
-    saved = _saved_expert_choice(ant_dir)
-    snapshot = None if saved is None or saved["chosen"] < 0 else int(saved["chosen"])
+    snapshot = chosen_expert(ant_dir)
     policy, progress = load_policy(ant_dir, snapshot)
-    if snapshot is not None and saved["made_for"]["env_steps"] != progress["env_steps"]:
-        policy, progress = load_policy(ant_dir)
-        snapshot = None
-    driver = progress if snapshot is None else progress["evals"][snapshot]
+    steps = progress["env_steps"] if snapshot is None else progress["evals"][snapshot]["env_steps"]
+    return policy, int(steps), str(ant_dir)
+
+
+def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
+    """AntMaze: drive the trained goal-reaching ant along BFS waypoints (``play``/``diverse``)."""
+    ant_dir = cfg.agent_dir or default_agent_dir(dataclasses.replace(cfg, env=ANT_GOAL_ENV))
+    policy, driver_steps, driver = _ant_driver(cfg, ant_dir)
     return maze.write_antmaze_dataset(
         cfg.env,
         policy,
@@ -530,8 +572,8 @@ def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
         overwrite=cfg.overwrite,
         extra_metadata={
             "mpcdwm_command": command_line(cfg),
-            "mpcdwm_low_level_agent": str(ant_dir),
-            "mpcdwm_low_level_env_steps": int(driver["env_steps"]),
+            "mpcdwm_low_level_agent": driver,
+            "mpcdwm_low_level_env_steps": driver_steps,
         },
     )
 
@@ -554,9 +596,14 @@ def _action_bounds(cfg: CollectConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = [
+    "EXPERT_CHOICE_NAME",
     "RECIPES",
+    "SHIPPED_ANT",
     "CollectConfig",
+    "chosen_expert",
     "collect",
     "command_line",
     "default_dataset_id",
+    "export_expert",
+    "shipped_ant",
 ]

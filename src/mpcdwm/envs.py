@@ -13,7 +13,9 @@ AntMaze-v5 leaves out contact forces (31 = D4RL's 29 + goal). See :mod:`mpcdwm.m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import warnings
 from typing import Any
 
@@ -62,6 +64,15 @@ and D4RL's AntMaze evaluation tasks, one fixed start and goal per maze
 (:func:`mpcdwm.maze.make_eval_antmaze`): the env AntMaze datasets are evaluated in."""
 
 
+def _register_robotics() -> None:
+    """Register gymnasium-robotics' envs (ImportError without the maze extra). Its import
+    prints a vendor notice about its Adroit hand envs on stderr on every command; a maze
+    command has no use for it, so it is swallowed (errors still raise)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gymnasium_robotics
+    gym.register_envs(gymnasium_robotics)
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make(env_id)`` with dict observations flattened.
 
@@ -77,9 +88,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
             defaults.update(ANTMAZE_V5_DEFAULTS)
         kwargs = {**defaults, **kwargs}
         try:
-            import gymnasium_robotics
-
-            gym.register_envs(gymnasium_robotics)
+            _register_robotics()
         except ImportError as err:
             raise RuntimeError(
                 f"{env_id} needs the maze extra: pip install 'mpcdwm[maze]'"
@@ -114,10 +123,9 @@ def is_registered(env_id: str) -> bool:
     """
     if "Maze" in env_id:
         try:
-            import gymnasium_robotics
+            _register_robotics()
         except ImportError:
             return False
-        gym.register_envs(gymnasium_robotics)
     try:
         gym.spec(env_id)
     except gym.error.Error:  # no spec: unknown name, version or namespace

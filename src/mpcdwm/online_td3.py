@@ -404,6 +404,55 @@ def _load_run(path: Path, meta: dict[str, Any], template: rebrac.TrainState) -> 
     )
 
 
+POLICY_KIND = "online-td3-policy"
+"""``kind`` of a policy file (:func:`export_policy`): one actor's weights, no replay buffer."""
+
+
+def _greedy_policies(
+    td3: rebrac.ReBRACConfig, actors: Sequence[Any], obs_dim: int, act_dim: int, where: Path
+) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Greedy ``policy(obs (obs_dim,)) -> action (act_dim,)`` in ``[-1, 1]`` for stored actor
+    weights (state dicts), one jitted function shared by all."""
+    template = rebrac.init(td3, jax.random.key(0), obs_dim, act_dim).actor
+    greedy, _ = _make_actor_fns(td3)
+    policies = []
+    for stored in actors:
+        try:
+            actor = serialization.from_state_dict(template, stored)
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{where} does not match the online agent ({err}).") from err
+        actor = jax.tree_util.tree_map(jnp.asarray, actor)
+
+        def policy(obs: np.ndarray, actor: Params = actor) -> np.ndarray:
+            return np.asarray(greedy(actor, jnp.asarray(obs, jnp.float32)))
+
+        policies.append(policy)
+    return policies
+
+
+def _read_online(agent_dir: Path) -> tuple[dict[str, Any], dict[str, Any], int, int]:
+    """(raw state, meta, obs_dim, act_dim) of the online agent's checkpoint in ``agent_dir``."""
+    path = Path(agent_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        raise CheckpointError(
+            f"no online agent at {path}; train one with `mpcdwm collect --env ENV --recipe "
+            "expert --agent-dir DIR`, or pass the folder that holds it."
+        )
+    raw, meta = load_checkpoint(path, expect={"kind": "collect-online-td3"})
+    obs_dim = int(np.asarray(raw["buffer"]["observations"]).shape[1])
+    act_dim = int(np.asarray(raw["buffer"]["actions"]).shape[1])
+    return raw, meta, obs_dim, act_dim
+
+
+def _stored_actor(raw: dict[str, Any], path: Path, snapshot: int | None) -> Any:
+    stored = raw.get("snapshots", {})
+    if snapshot is not None and str(snapshot) not in stored:
+        raise CheckpointError(
+            f"{path} has {len(stored)} evaluation snapshots; --snapshot {snapshot} is not one."
+        )
+    return raw["train"]["actor"] if snapshot is None else stored[str(snapshot)]
+
+
 def load_policies(
     agent_dir: Path, snapshots: Sequence[int | None] | None = None
 ) -> tuple[list[Callable[[np.ndarray], np.ndarray]], dict[str, Any]]:
@@ -418,40 +467,13 @@ def load_policies(
     (``env_steps``, ``evals``, ``done``). Raises :class:`~mpcdwm.checkpoint.CheckpointError`
     naming the folder when there is no trained agent or no such snapshot.
     """
+    raw, meta, obs_dim, act_dim = _read_online(agent_dir)
     path = Path(agent_dir) / CHECKPOINT_NAME
-    if not path.exists():
-        raise CheckpointError(
-            f"no online agent at {path}; train one with `mpcdwm collect --env ENV --recipe "
-            "expert --agent-dir DIR`, or pass the folder that holds it."
-        )
-    raw, meta = load_checkpoint(path, expect={"kind": "collect-online-td3"})
-    td3 = config_from_dict("rebrac", meta["td3"])
-    obs_dim = int(np.asarray(raw["buffer"]["observations"]).shape[1])
-    act_dim = int(np.asarray(raw["buffer"]["actions"]).shape[1])
-    template = rebrac.init(td3, jax.random.key(0), obs_dim, act_dim).actor
-    stored = raw.get("snapshots", {})
     if snapshots is None:
-        snapshots = sorted(int(k) for k in stored)
-    greedy, _ = _make_actor_fns(td3)
-    policies = []
-    for i in snapshots:
-        if i is not None and str(i) not in stored:
-            raise CheckpointError(
-                f"{path} has {len(stored)} evaluation snapshots; --snapshot {i} is not one."
-            )
-        try:
-            actor = serialization.from_state_dict(
-                template, raw["train"]["actor"] if i is None else stored[str(i)]
-            )
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{path} does not match the online agent ({err}).") from err
-        actor = jax.tree_util.tree_map(jnp.asarray, actor)
-
-        def policy(obs: np.ndarray, actor: Params = actor) -> np.ndarray:
-            return np.asarray(greedy(actor, jnp.asarray(obs, jnp.float32)))
-
-        policies.append(policy)
-    return policies, dict(meta["progress"])
+        snapshots = sorted(int(k) for k in raw.get("snapshots", {}))
+    actors = [_stored_actor(raw, path, i) for i in snapshots]
+    td3 = config_from_dict("rebrac", meta["td3"])
+    return _greedy_policies(td3, actors, obs_dim, act_dim, path), dict(meta["progress"])
 
 
 def load_policy(
@@ -460,6 +482,47 @@ def load_policy(
     """One policy of :func:`load_policies`: the latest weights, or evaluation ``snapshot``'s."""
     (policy,), progress = load_policies(agent_dir, [snapshot])
     return policy, progress
+
+
+def export_policy(agent_dir: Path, path: Path, snapshot: int | None = None) -> Path:
+    """Write one policy of the online agent in ``agent_dir`` (evaluation ``snapshot``'s weights,
+    or the latest) to ``path``: its actor alone (kilobytes, where the online checkpoint holds
+    the whole replay buffer), what a package ships so a user can drive the policy without
+    the online run (:func:`load_policy_file`). Its meta records the env, the settings and
+    the env steps the weights were trained for."""
+    raw, meta, obs_dim, act_dim = _read_online(agent_dir)
+    actor = _stored_actor(raw, Path(agent_dir) / CHECKPOINT_NAME, snapshot)
+    progress = meta["progress"]
+    if snapshot is None:
+        env_steps = progress["env_steps"]
+    else:
+        env_steps = progress["evals"][snapshot]["env_steps"]
+    return save_checkpoint(
+        path,
+        {"actor": actor},
+        {
+            "kind": POLICY_KIND,
+            "env": meta["collect"]["env"],
+            "collect": meta["collect"],
+            "td3": meta["td3"],
+            "obs_dim": obs_dim,
+            "act_dim": act_dim,
+            "env_steps": int(env_steps),
+            "snapshot": snapshot,
+        },
+    )
+
+
+def load_policy_file(
+    path: Path, env: str | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """The greedy policy in a file of :func:`export_policy`, and its meta; ``env``: the env
+    it must have been trained in (a :class:`~mpcdwm.checkpoint.CheckpointError` otherwise)."""
+    expect = {"kind": POLICY_KIND} | ({} if env is None else {"env": env})
+    raw, meta = load_checkpoint(path, expect=expect)
+    td3 = config_from_dict("rebrac", meta["td3"])
+    (policy,) = _greedy_policies(td3, [raw["actor"]], meta["obs_dim"], meta["act_dim"], path)
+    return policy, meta
 
 
 def _grow(buffer: Transitions, capacity: int) -> Transitions:
