@@ -80,13 +80,13 @@ def main() -> None:
         if len(have) < 2:
             print(f"{name}: on {have or 'no dataset'}; skipped (needs two)")
             continue
-        report(ReportConfig(runs=tuple(files), out=out / name))
+        report(ReportConfig(runs=tuple(files), out=out / name, quiet=True))
         summary = json.loads((out / name / "summary.json").read_text())
         line = verdict(summary, name)
         lines.append(line + (f" (missing: {', '.join(missing)})" if missing else ""))
         everything += files
     if everything:
-        report(ReportConfig(runs=tuple(dict.fromkeys(everything)), out=out / "all"))
+        report(ReportConfig(runs=tuple(dict.fromkeys(everything)), out=out / "all", quiet=True))
         summary = json.loads((out / "all" / "summary.json").read_text())
         for c in summary["choices"]:
             g, p_ = c["gain_mean"], c["over_placebo_mean"]

@@ -62,7 +62,7 @@ import numpy as np
 import tyro
 
 from mpcdwm.agents.presets import changes_from_preset
-from mpcdwm.files import UserFileError, ensure_writable_dir, reading
+from mpcdwm.files import UserFileError, ensure_writable_dir, reading, write_text_atomic
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
@@ -80,6 +80,8 @@ class ReportConfig:
     """Run directories (or eval.json files) to gather."""
     out: Path = Path("report")
     """Folder for report.md, report.html, summary.json and the PNG plots."""
+    quiet: bool = False
+    """Write the files without printing the tables (e.g. a script printing its own summary)."""
 
 
 # --------------------------------------------------------------------------- statistics
@@ -1439,10 +1441,11 @@ def report(cfg: ReportConfig) -> Path:
         + "".join(f"![{p}]({p})\n\n" for p in plots)
         + f"Sources:\n{sources}\n"
     )
-    (cfg.out / "report.md").write_text(md)
-    (cfg.out / "report.html").write_text(_html_page(tables, plots, files))
-    (cfg.out / "summary.json").write_text(json.dumps(summary_dict(summary), indent=1))
-    Console().print(Markdown(md_tables))
+    write_text_atomic(cfg.out / "report.md", md)
+    write_text_atomic(cfg.out / "report.html", _html_page(tables, plots, files))
+    write_text_atomic(cfg.out / "summary.json", json.dumps(summary_dict(summary), indent=1))
+    if not cfg.quiet:
+        Console().print(Markdown(md_tables))
     return cfg.out / "report.md"
 
 
