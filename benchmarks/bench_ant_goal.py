@@ -31,10 +31,11 @@ from mpcdwm.report import mean_estimate
 RESULTS = Path(__file__).resolve().parent / "results" / "ant_goal"
 
 
-def success_rate(policy, episodes: int) -> tuple[list[float], list[int]]:
-    """Per episode: 1.0 if the goal was reached, and the steps it took (or ran)."""
+def success_rate(policy, episodes: int) -> tuple[list[float], list[int], list[bool]]:
+    """Per episode: 1.0 if the goal was reached, the steps it took (or ran), and whether it
+    ended with the ant on its back."""
     env = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
-    reached, steps = [], []
+    reached, steps, flipped = [], [], []
     for j in range(episodes):
         obs, _ = env.reset(seed=10_000 + j)
         done, t, success = False, 0, False
@@ -45,8 +46,9 @@ def success_rate(policy, episodes: int) -> tuple[list[float], list[int]]:
             done = terminated or truncated
         reached.append(float(success))
         steps.append(t)
+        flipped.append(bool(info["flipped"]))
     env.close()
-    return reached, steps
+    return reached, steps, flipped
 
 
 def main() -> None:
@@ -64,7 +66,7 @@ def main() -> None:
     rows = []
     for i in chosen:
         t0 = time.perf_counter()
-        reached, steps = success_rate(policies[i], args.episodes)
+        reached, steps, flipped = success_rate(policies[i], args.episodes)
         est = mean_estimate({0: reached})
         rows.append(
             {
@@ -75,10 +77,12 @@ def main() -> None:
                 "success_text": est.text(),
                 "success_per_episode": reached,
                 "steps_per_episode": steps,
+                "flipped": float(np.mean(flipped)),
             }
         )
         print(
-            f"[ant-goal] {evals[i]['env_steps']:>8} env steps: success {est.text()} "
+            f"[ant-goal] {evals[i]['env_steps']:>8} env steps: success {est.text()}, "
+            f"on its back {np.mean(flipped):.2f} "
             f"({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
@@ -100,11 +104,15 @@ def main() -> None:
         f"(done: {header['done']}); load average "
         f"{' / '.join(f'{x:.1f}' for x in header['load_average'])}.",
         "",
-        "| env steps | success rate, goals 2-5 m [95% CI] | online eval return |",
-        "|---|---|---|",
+        "| env steps | success rate, goals 2-5 m [95% CI] | ended on its back "
+        "| online eval return |",
+        "|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['env_steps']} | {r['success_text']} | {r['online_eval_return']:.1f} |")
+        lines.append(
+            f"| {r['env_steps']} | {r['success_text']} | {r['flipped']:.2f} "
+            f"| {r['online_eval_return']:.1f} |"
+        )
     (args.out / "curve.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

@@ -100,8 +100,52 @@ def test_reaching_the_goal_draws_a_new_one_or_ends_the_episode():
     assert info["success"] and terminated
 
 
+def test_an_ant_on_its_back_ends_the_episode():
+    env = make_env("mpcdwm/AntGoal-v1")
+    env.reset(seed=2)
+    _, _, terminated, _, info = env.step(np.zeros(8, np.float32))
+    assert not terminated and not info["flipped"]
+    ant = env.unwrapped.ant
+    qpos = ant.data.qpos.copy()
+    qpos[2] = 0.5  # within Ant-v5's healthy heights: only the orientation is wrong
+    qpos[3:7] = [0.0, 1.0, 0.0, 0.0]  # half a turn about x: on its back
+    ant.set_state(qpos, np.zeros_like(ant.data.qvel))
+    _, _, terminated, _, info = env.step(np.zeros(8, np.float32))
+    assert terminated and info["flipped"]
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="goal_distance"):
         AntGoalEnv(goal_distance=(5.0, 2.0))
     with pytest.raises(ValueError, match="27-entry observation"):
         AntGoalEnv(include_cfrc_ext_in_observation=True)
+
+
+def _success_rate(policy, episodes: int) -> float:
+    """Fraction of evaluation episodes (no new goal once reached) that reach their goal."""
+    env = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
+    reached = 0
+    for j in range(episodes):
+        obs, _ = env.reset(seed=50_000 + j)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(policy(obs))
+            done = terminated or truncated
+        reached += bool(info["success"])
+    env.close()
+    return reached / episodes
+
+
+def test_the_shipped_ant_walks_to_its_goals_where_a_random_policy_does_not():
+    """The policy file shipped with the package (trained by `make_datasets.py --antmaze
+    --train-ant`) is a real goal-reaching ant: it drives AntMaze collection on machines
+    where no ant was trained."""
+    from mpcdwm.collect import ANT_GOAL_ENV, shipped_ant
+    from mpcdwm.online_td3 import load_policy_file
+
+    assert shipped_ant().is_file(), "the goal-reaching ant is missing from mpcdwm/assets"
+    policy, meta = load_policy_file(shipped_ant(), env=ANT_GOAL_ENV)
+    assert meta["obs_dim"] == ANT_OBS_DIM + 2 and meta["act_dim"] == 8
+    rng = np.random.default_rng(0)
+    assert _success_rate(lambda obs: rng.uniform(-1, 1, 8).astype(np.float32), 5) == 0.0
+    assert _success_rate(policy, 10) >= 0.8

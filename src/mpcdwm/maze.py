@@ -86,8 +86,12 @@ class AntGoalEnv(gym.Env):
     (``ant_kwargs`` override them), so walking to the goal pays and standing still does
     not. A goal counts as reached within ``goal_radius``: with ``resample_goal`` (training)
     a new goal is drawn and the episode goes on; without (evaluation), the episode ends
-    there. Unhealthy ants end the episode as in Ant-v5. ``info``: ``goal`` (2,), ``success``
-    (this step reached it), ``goals_reached`` (this episode). Registered as
+    there. Unhealthy ants end the episode as in Ant-v5, and so do ants on their back (the
+    torso's up axis below the horizon; Ant-v5's height rule lets them lie there, but in a
+    maze with no such rule a flipped ant is stuck for the rest of the episode: a first v1
+    ant, trained without it, flipped in a quarter of its U-maze episodes). ``info``: ``goal``
+    (2,), ``success`` (this step reached it), ``goals_reached`` (this episode), ``flipped``.
+    Registered as
     ``mpcdwm/AntGoal-v1`` (500 steps, 25 s) by :func:`mpcdwm.envs.make_env` (``-v0``, with
     world-frame goals and Ant-v5's weights, is gone: its policies stood still).
     """
@@ -141,8 +145,19 @@ class AntGoalEnv(gym.Env):
         goal = goal_in_heading_frame(ant_obs, self.goal - self.xy())
         return np.concatenate([ant_obs, goal]).astype(np.float32)
 
-    def _info(self, success: bool) -> dict[str, Any]:
-        return {"goal": self.goal.copy(), "success": success, "goals_reached": self.goals_reached}
+    def _info(self, success: bool, flipped: bool = False) -> dict[str, Any]:
+        return {
+            "goal": self.goal.copy(),
+            "success": success,
+            "goals_reached": self.goals_reached,
+            "flipped": flipped,
+        }
+
+    def flipped(self) -> bool:
+        """Whether the torso lies on its back: its up axis, ``1 - 2(qx^2 + qy^2)`` of the
+        quaternion (w, x, y, z), points below the horizon."""
+        _, qx, qy, _ = self.ant.data.qpos[3:7]
+        return bool(1.0 - 2.0 * (qx * qx + qy * qy) < 0.0)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -169,7 +184,15 @@ class AntGoalEnv(gym.Env):
                 self.goal = self._draw_goal()
             else:
                 terminated = True
-        return self._obs(ant_obs), float(reward), bool(terminated), False, self._info(success)
+        flipped = self.flipped()
+        terminated = terminated or flipped
+        return (
+            self._obs(ant_obs),
+            float(reward),
+            bool(terminated),
+            False,
+            self._info(success, flipped),
+        )
 
     def close(self) -> None:
         self.ant.close()
