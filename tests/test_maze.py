@@ -356,3 +356,19 @@ def test_minari_antmaze_is_evaluated_on_its_eval_env_spec(tmp_path, monkeypatch)
     assert ds.env_id == "AntMaze_UMaze-v5" and "eval_env_note" in ds.metadata
     # An explicit env id is used as given, with no warning.
     assert load_dataset("test/umaze-v0", env_id="AntMaze_UMaze-v5").env_id == "AntMaze_UMaze-v5"
+
+
+def test_antmaze_collection_drives_the_shipped_ant_when_none_was_trained(tmp_path, monkeypatch):
+    from mpcdwm.collect import SHIPPED_ANT, CollectConfig, collect
+
+    monkeypatch.setenv("MPCDWM_CACHE", str(tmp_path / "cache"))  # no ant trained here
+    cfg = CollectConfig(
+        env="AntMaze_UMaze-v5", recipe="play", steps=3000, seed=0, out=tmp_path / "m",
+        progress=False,
+    )  # fmt: skip
+    ds = load_dataset(collect(cfg))
+    assert ds.metadata["mpcdwm_low_level_agent"] == f"shipped {SHIPPED_ANT}"
+    # It walks the U from one end to the other (a random ant never does; the 1M-step
+    # datasets' rate is in BENCHMARKS.md) in many of its episodes.
+    returns = ds.episode_returns()
+    assert len(returns) >= 5 and returns.mean() >= 0.4, returns
