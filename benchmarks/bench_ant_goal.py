@@ -24,31 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcdwm.envs import make_env
+from mpcdwm.maze import ant_goal_episodes
 from mpcdwm.online_td3 import load_policies
 from mpcdwm.report import mean_estimate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ant_goal"
-
-
-def success_rate(policy, episodes: int) -> tuple[list[float], list[int], list[bool]]:
-    """Per episode: 1.0 if the goal was reached, the steps it took (or ran), and whether it
-    ended with the ant on its back."""
-    env = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
-    reached, steps, flipped = [], [], []
-    for j in range(episodes):
-        obs, _ = env.reset(seed=10_000 + j)
-        done, t, success = False, 0, False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(policy(obs))
-            t += 1
-            success = bool(info["success"])
-            done = terminated or truncated
-        reached.append(float(success))
-        steps.append(t)
-        flipped.append(bool(info["flipped"]))
-    env.close()
-    return reached, steps, flipped
 
 
 def main() -> None:
@@ -66,7 +46,8 @@ def main() -> None:
     rows = []
     for i in chosen:
         t0 = time.perf_counter()
-        reached, steps, flipped = success_rate(policies[i], args.episodes)
+        played = ant_goal_episodes(policies[i], args.episodes, seed=10_000)
+        reached = played["success"].astype(float).tolist()
         est = mean_estimate({0: reached})
         rows.append(
             {
@@ -76,13 +57,13 @@ def main() -> None:
                 "success": est.to_dict(),
                 "success_text": est.text(),
                 "success_per_episode": reached,
-                "steps_per_episode": steps,
-                "flipped": float(np.mean(flipped)),
+                "steps_per_episode": played["steps"].tolist(),
+                "flipped": float(np.mean(played["flipped"])),
             }
         )
         print(
             f"[ant-goal] {evals[i]['env_steps']:>8} env steps: success {est.text()}, "
-            f"on its back {np.mean(flipped):.2f} "
+            f"on its back {np.mean(played['flipped']):.2f} "
             f"({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )

@@ -45,13 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcdwm.collect import CollectConfig, collect, export_expert
+from mpcdwm.collect import ANT_GOAL_ENV, CollectConfig, collect, export_expert
 from mpcdwm.data import load_dataset
 from mpcdwm.online_td3 import default_agent_dir
 
 ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
 MAZES = ("UMaze", "Medium", "Large")
-ANT_GOAL_ENV = "mpcdwm/AntGoal-v1"
 # Uniform random actions before the ant's TD3 acts: TD3's published setting for the MuJoCo
 # tasks. Part of the ant's checkpoint identity (a run resumes only with the same value).
 ANT_START_STEPS = 25_000
@@ -130,17 +129,19 @@ def table(rows: list[dict]) -> str:
 
 
 def make(folder: Path, name: str, cfg: CollectConfig, command: str) -> None:
-    """Collect ``cfg`` into ``folder`` unless it exists; its summary into RESULTS."""
+    """Collect ``cfg`` into ``folder`` unless it exists; its summary into RESULTS (kept for a
+    folder made earlier, whose wall time is not known here)."""
     summary = RESULTS / f"{name}.json"
+    seconds = 0.0
     if folder.exists():
         print(f"[make_datasets] {folder} exists, skipped", flush=True)
-        if not summary.exists():
-            row = summarize(folder, name, 0.0, cfg, command)
-            summary.write_text(json.dumps(row, indent=1) + "\n")
-        return
-    t0 = time.perf_counter()
-    collect(cfg)
-    row = summarize(folder, name, time.perf_counter() - t0, cfg, command)
+        if summary.exists():
+            return
+    else:
+        t0 = time.perf_counter()
+        collect(cfg)
+        seconds = time.perf_counter() - t0
+    row = summarize(folder, name, seconds, cfg, command)
     summary.write_text(json.dumps(row, indent=1) + "\n")
     print(f"[make_datasets] {json.dumps(row)}", flush=True)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mpcdwm.envs import make_env
-from mpcdwm.maze import ANT_GOAL_REWARD, ANT_OBS_DIM, AntGoalEnv
+from mpcdwm.maze import ANT_GOAL_REWARD, ANT_OBS_DIM, AntGoalEnv, ant_goal_episodes
 
 
 def _moving(env, velocity_x: float) -> tuple[float, dict]:
@@ -121,21 +121,6 @@ def test_bad_settings_are_refused():
         AntGoalEnv(include_cfrc_ext_in_observation=True)
 
 
-def _success_rate(policy, episodes: int) -> float:
-    """Fraction of evaluation episodes (no new goal once reached) that reach their goal."""
-    env = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
-    reached = 0
-    for j in range(episodes):
-        obs, _ = env.reset(seed=50_000 + j)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(policy(obs))
-            done = terminated or truncated
-        reached += bool(info["success"])
-    env.close()
-    return reached / episodes
-
-
 def test_the_shipped_ant_walks_to_its_goals_where_a_random_policy_does_not():
     """The policy file shipped with the package (trained by `make_datasets.py --antmaze
     --train-ant`) is a real goal-reaching ant: it drives AntMaze collection on machines
@@ -147,5 +132,8 @@ def test_the_shipped_ant_walks_to_its_goals_where_a_random_policy_does_not():
     policy, meta = load_policy_file(shipped_ant(), env=ANT_GOAL_ENV)
     assert meta["obs_dim"] == ANT_OBS_DIM + 2 and meta["act_dim"] == 8
     rng = np.random.default_rng(0)
-    assert _success_rate(lambda obs: rng.uniform(-1, 1, 8).astype(np.float32), 5) == 0.0
-    assert _success_rate(policy, 10) >= 0.8
+    random_ant = ant_goal_episodes(
+        lambda obs: rng.uniform(-1, 1, 8).astype(np.float32), 5, seed=50_000
+    )
+    assert random_ant["success"].mean() == 0.0
+    assert ant_goal_episodes(policy, 10, seed=50_000)["success"].mean() >= 0.8

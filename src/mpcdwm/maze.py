@@ -198,6 +198,29 @@ class AntGoalEnv(gym.Env):
         self.ant.close()
 
 
+def ant_goal_episodes(
+    policy: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Play ``policy`` (29 inputs -> 8 actions) for ``episodes`` evaluation episodes of
+    ``mpcdwm/AntGoal-v1`` with ``resample_goal=False`` (an episode ends at its goal, on a fall,
+    on the ant's back or at the 500-step limit); episode ``j`` resets with ``seed + j``.
+    Returns per episode ``success`` (bool), ``steps`` (int) and ``flipped`` (bool)."""
+    env = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
+    success, steps, flipped = [], [], []
+    for j in range(episodes):
+        obs, _ = env.reset(seed=seed + j)
+        done, t = False, 0
+        while not done:
+            obs, _, terminated, truncated, info = env.step(policy(obs))
+            t += 1
+            done = terminated or truncated
+        success.append(bool(info["success"]))
+        steps.append(t)
+        flipped.append(bool(info["flipped"]))
+    env.close()
+    return {"success": np.array(success), "steps": np.array(steps), "flipped": np.array(flipped)}
+
+
 def bfs_path(maze_map: list[list[int]], start: Cell, goal: Cell) -> list[Cell]:
     """Shortest 4-connected path of free cells (``maze_map[r][c] != 1``) from start to goal.
 
