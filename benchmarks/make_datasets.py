@@ -30,6 +30,7 @@ that reach their goal).
     python benchmarks/make_datasets.py                       # medium + medium-replay, 3 envs
     python benchmarks/make_datasets.py --expert --expert-train-steps 1000000
     python benchmarks/make_datasets.py --antmaze --antmaze-steps 1000000 [--train-ant]
+    python benchmarks/make_datasets.py --antmaze --mazes Large --antmaze-recipes diverse
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def make_antmaze(args: argparse.Namespace, command: str) -> None:
         agent_dir = default_agent_dir(ant)
         policy = export_expert(agent_dir, (args.out / f"antgoal-v1-seed{args.seed}.ckpt").resolve())
         print(f"[make_datasets] the ant's expert: {policy} (ship: copy to src/mpcdwm/assets/)")
-    for recipe in ("play", "diverse"):
-        for maze in MAZES:
+    for recipe in args.antmaze_recipes:
+        for maze in args.mazes:
             name = f"antmaze-{maze.lower()}-{recipe}"
             cfg = CollectConfig(
                 env=f"AntMaze_{maze}-v5",
@@ -197,6 +198,10 @@ def main() -> None:
     )
     p.add_argument("--ant-train-steps", type=int, default=1_000_000)
     p.add_argument("--antmaze-steps", type=int, default=1_000_000)
+    p.add_argument("--mazes", nargs="+", choices=MAZES, default=list(MAZES))
+    p.add_argument(
+        "--antmaze-recipes", nargs="+", choices=("play", "diverse"), default=["play", "diverse"]
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     command = " ".join(["python benchmarks/make_datasets.py", *sys.argv[1:]])

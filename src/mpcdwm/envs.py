@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import io
 import warnings
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -99,6 +100,11 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         raise ValueError(
             f"cannot make environment {env_id!r} ({err}). Use a Gymnasium id such as Hopper-v5."
         ) from err
+    # gymnasium-robotics writes every maze's MuJoCo model (PointMaze and AntMaze) to a new
+    # /tmp/ant_maze<time>.xml and never removes it; the model is loaded by now.
+    maze_xml = getattr(env.unwrapped, "tmp_xml_file_path", None)
+    if maze_xml is not None:
+        Path(maze_xml).unlink(missing_ok=True)
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = FlattenDictObservation(env)
     return env
