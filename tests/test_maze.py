@@ -16,6 +16,7 @@ from mpcdwm.maze import (  # noqa: E402
     ANT_OBS_DIM,
     D4RL_EVAL_CELLS,
     POINTMAZE_NOISE,
+    ant_on_its_back,
     antmaze_cells,
     antmaze_eval_id,
     bfs_path,
@@ -249,6 +250,32 @@ def test_antmaze_episodes_end_at_the_goal_with_reward_1(ant_policy):
     ends = data["terminals"] | data["truncations"]
     assert ends[-1] and not (data["terminals"] & data["truncations"]).any()
     assert np.all(np.abs(data["actions"]) <= 1.0)  # noisy actions clipped to Ant's bounds
+
+
+def test_antmaze_collection_gives_up_on_an_ant_on_its_back():
+    """Real MuJoCo: an ant turned onto its back lies there; the collector truncates its
+    episode after `patience` steps, and leaves an upright ant to the time limit."""
+    from mpcdwm.maze import _drive_episode
+    from mpcdwm.minari_io import TRANSITION_FIELDS
+
+    def still(obs, waypoint):
+        return np.zeros(8, np.float32)
+
+    env = make_env("AntMaze_UMaze-v5", max_episode_steps=30)
+    obs, _ = env.reset(seed=0)
+    rows = {k: [] for k in TRANSITION_FIELDS}
+    _drive_episode(env, obs, [obs[-2:]], still, rows, ant_on_its_back, 5)
+    assert len(rows["actions"]) == 30 and not any(map(ant_on_its_back, rows["observations"]))
+
+    obs, _ = env.reset(seed=0)
+    ant = env.unwrapped.ant_env
+    qpos = ant.data.qpos.copy()
+    qpos[3:7] = [0.0, 1.0, 0.0, 0.0]  # the torso turned 180 degrees about x
+    ant.set_state(qpos, ant.data.qvel.copy())
+    rows = {k: [] for k in TRANSITION_FIELDS}
+    _drive_episode(env, obs, [obs[-2:]], still, rows, ant_on_its_back, 5)
+    assert len(rows["actions"]) == 5 and rows["truncations"][-1] and not any(rows["terminals"])
+    assert all(map(ant_on_its_back, rows["next_observations"]))
 
 
 def test_antmaze_dataset_round_trip_and_play_cells(ant_policy, tmp_path):

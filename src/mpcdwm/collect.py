@@ -102,7 +102,8 @@ class CollectConfig:
     (:func:`mpcdwm.maze.write_antmaze_dataset`): the goal-reaching ant in ``agent_dir``
     (default: the online TD3 agent of ``mpcdwm/AntGoal-v1`` with this seed, trained by
     ``mpcdwm collect --env mpcdwm/AntGoal-v1 --recipe expert``) follows BFS waypoints, with
-    action noise ``rollout_noise`` (default :data:`~mpcdwm.maze.ANTMAZE_NOISE`).
+    action noise ``rollout_noise`` (default :data:`~mpcdwm.maze.ANTMAZE_NOISE`); an episode
+    whose ant lies on its back ends after :data:`~mpcdwm.maze.ANTMAZE_FLIP_PATIENCE` steps.
     """
 
     env: str = "Hopper-v5"
