@@ -422,6 +422,8 @@ def upside_down(qx: float, qy: float) -> bool:
     """Whether a body with orientation quaternion (w, ``qx``, ``qy``, z) has its up axis,
     ``1 - 2(qx^2 + qy^2)``, below the horizon."""
     return bool(1.0 - 2.0 * (qx * qx + qy * qy) < 0.0)
+
+
 UMAZE_PLAY_CELLS: list[Cell] = [(1, 1), (3, 1)]
 """``play`` cells of the U-maze: its two ends (D4RL's umaze task)."""
 
