@@ -25,7 +25,8 @@ steps, resumable, its expert snapshot chosen, a short recording of it kept as
 along BFS waypoints through ``AntMaze_{UMaze,Medium,Large}-v5`` with the ``play`` and
 ``diverse`` recipes, ``--antmaze-steps`` transitions each, into
 ``OUT/antmaze-<maze>-<recipe>-v0`` (their mean normalized return is the fraction of episodes
-that reach their goal).
+that reach their goal; their summaries add how the episodes end: at the goal, with the ant on
+its back, upright at the time limit, and the share of transitions of an ant on its back).
 
     python benchmarks/make_datasets.py                       # medium + medium-replay, 3 envs
     python benchmarks/make_datasets.py --expert --expert-train-steps 1000000
@@ -47,7 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from mpcdwm.collect import ANT_GOAL_ENV, CollectConfig, collect, export_expert
-from mpcdwm.data import load_dataset
+from mpcdwm.data import Dataset, load_dataset
+from mpcdwm.maze import ant_on_its_back
 from mpcdwm.online_td3 import default_agent_dir
 
 ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
@@ -97,6 +99,8 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig, command
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "command": command,
     }
+    if "antmaze" in name:
+        row |= antmaze_outcomes(ds)
     for key in (
         "mpcdwm_medium_env_steps",
         "mpcdwm_medium_return",
@@ -110,6 +114,21 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig, command
         if key in meta:
             row[key.removeprefix("mpcdwm_")] = meta[key]
     return row
+
+
+def antmaze_outcomes(ds: Dataset) -> dict:
+    """How an AntMaze dataset's episodes end (goal, ant on its back, upright at the time
+    limit) and its share of transitions whose ant lies on its back."""
+    last = ds.episode_ends
+    on_back = np.array([ant_on_its_back(o) for o in ds.next_observations])
+    goal = ds.terminals[last].astype(bool)
+    back = on_back[last] & ~goal
+    return {
+        "episodes_at_goal": float(goal.mean()),
+        "episodes_on_back": float(back.mean()),
+        "episodes_upright_at_limit": float((~goal & ~back).mean()),
+        "transitions_on_back": float(on_back.mean()),
+    }
 
 
 def table(rows: list[dict]) -> str:
