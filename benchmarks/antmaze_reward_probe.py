@@ -1,0 +1,121 @@
+"""AntMaze probes for ReBRAC (issue 15): which reward; what the critic knows.
+
+Our AntMaze datasets are goal-conditioned, as Minari's are: every episode has its own goal (in
+the observation's last two columns) and reward 1 there. D4RL's files instead score every
+transition against the one evaluation goal. Two subcommands help decide whether that matters:
+
+``relabel SRC OUT.hdf5``: a D4RL-style copy of a dataset, written as a D4RL HDF5 file that
+``mpcdwm`` loads like any other: the goal columns set to the evaluation goal (the centre of
+D4RL's goal cell), reward 1 and terminal where the ant ends a step within ``--radius`` m of it
+(D4RL: 0.5), the old episode ends kept as timeouts. Train on it with ``mpcdwm train-agent``.
+
+``critic RUN DATASET``: a trained agent's Q on dataset states, binned by the distance between
+the ant and its goal, with the dataset's actions, the policy's and uniform random ones: does the
+critic know where the goal is, and do actions matter to it?
+
+    python benchmarks/antmaze_reward_probe.py relabel data/antmaze-umaze-diverse-v0 \\
+        /tmp/antmaze-umaze-diverse-relabel.hdf5
+    mpcdwm train-agent --dataset /tmp/antmaze-umaze-diverse-relabel.hdf5 --agent rebrac \\
+        --steps 100000 --eval-every 25000 --out runs/probe/umaze-diverse-relabel/seed0
+    mpcdwm train-agent --dataset data/antmaze-umaze-diverse-v0 --agent rebrac \\
+        --steps 100000 --eval-every 25000 --out runs/probe/umaze-diverse-goalcond/seed0
+    python benchmarks/antmaze_reward_probe.py critic runs/agents_antmaze/antmaze-large-diverse/\\
+rebrac/seed0 data/antmaze-large-diverse-v0
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from mpcdwm.data import D4RL_EVAL_CELLS, antmaze_eval_size, load_dataset
+
+DISTANCE_BINS = (0.0, 0.5, 2.0, 5.0, 10.0, 20.0, 40.0)
+
+
+def relabel(src: str, out: Path, radius: float) -> None:
+    import h5py
+
+    from mpcdwm.maze import make_eval_antmaze
+
+    ds = load_dataset(src)
+    size = antmaze_eval_size(ds.env_id)
+    if size is None:
+        raise SystemExit(f"{src}: {ds.env_id} is not an AntMaze UMaze/Medium/Large task.")
+    env = make_eval_antmaze(size)
+    goal_cell = np.array(D4RL_EVAL_CELLS[size][1])
+    goal = np.asarray(env.unwrapped.maze.cell_rowcol_to_xy(goal_cell), np.float32)
+    env.close()
+    obs, next_obs = ds.observations.copy(), ds.next_observations.copy()
+    obs[:, -2:] = goal
+    next_obs[:, -2:] = goal
+    hit = np.linalg.norm(ds.next_observations[:, :2] - goal, axis=1) <= radius
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(out, "w") as f:
+        f["observations"], f["next_observations"] = obs, next_obs
+        f["actions"] = ds.actions
+        f["rewards"] = hit.astype(np.float32)
+        f["terminals"] = hit
+        f["timeouts"] = (ds.terminals | ds.timeouts) & ~hit
+        f.attrs["env_id"] = ds.env_id
+    print(
+        f"{out}: {len(hit):,} transitions, evaluation goal {goal.tolist()} ({size}), "
+        f"{int(hit.sum()):,} rewarded ({hit.mean():.4%}); "
+        f"the source rewarded {ds.rewards.mean():.4%}"
+    )
+
+
+def critic(run: str, data: str, samples: int) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from mpcdwm.agents import load_agent
+
+    agent = load_agent(run)
+    ds = load_dataset(data)
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(ds.observations), min(samples, len(ds.observations)), replace=False)
+    obs, act = jnp.asarray(ds.observations[idx]), jnp.asarray(ds.actions[idx])
+    q_fn, act_fn = jax.jit(agent.critic), jax.jit(agent.act)
+    uniform = jnp.asarray(rng.uniform(-1.0, 1.0, act.shape), jnp.float32)
+    q = {
+        "data": np.asarray(q_fn(agent.critic_params, obs, act)),
+        "policy": np.asarray(q_fn(agent.critic_params, obs, act_fn(agent.actor_params, obs))),
+        "random": np.asarray(q_fn(agent.critic_params, obs, uniform)),
+    }
+    dist = np.linalg.norm(ds.observations[idx, :2] - ds.observations[idx, -2:], axis=1)
+    print(f"{run} on {data}: Q in raw reward units (gamma {agent.gamma}), {len(idx):,} states")
+    print("distance to goal (m) |     n | Q(s, a_data)  | Q(s, pi(s)) | Q(s, uniform a)")
+    for lo, hi in zip(DISTANCE_BINS[:-1], DISTANCE_BINS[1:], strict=True):
+        m = (dist >= lo) & (dist < hi)
+        if m.any():
+            print(
+                f"{lo:>8.1f} - {hi:<10.1f} | {m.sum():5d} | {q['data'][m].mean():.4f} +- "
+                f"{q['data'][m].std():.3f} | {q['policy'][m].mean():.4f}      | "
+                f"{q['random'][m].mean():.4f}"
+            )
+    print("all                  | " + " | ".join(f"{k} {v.mean():.4f}" for k, v in q.items()))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("relabel", help="write a D4RL-style copy rewarded at the evaluation goal")
+    r.add_argument("src")
+    r.add_argument("out", type=Path)
+    r.add_argument("--radius", type=float, default=0.5, help="D4RL's goal radius (m)")
+    c = sub.add_parser("critic", help="a trained agent's Q by distance to the goal")
+    c.add_argument("run")
+    c.add_argument("data")
+    c.add_argument("--samples", type=int, default=20_000)
+    args = p.parse_args()
+    if args.command == "relabel":
+        relabel(args.src, args.out, args.radius)
+    else:
+        critic(args.run, args.data, args.samples)
+
+
+if __name__ == "__main__":
+    main()
