@@ -88,6 +88,41 @@ def test_antmaze_eval_task_has_d4rls_fixed_start_and_goal(size, limit):
         antmaze_eval_id("PointMaze_UMaze-v3")
 
 
+def test_datasets_are_checked_against_the_packages_own_eval_task():
+    """AntMaze datasets name the package's evaluation task as their env. Training checks a
+    dataset against its env before any process has made that env: the check must run (a
+    wrong observation size is an error naming it), not be skipped as an unknown id."""
+    import gymnasium as gym
+
+    from mpcdwm.data import DatasetError, make_dataset
+    from mpcdwm.envs import check_dataset_against_env
+
+    env_id = "mpcdwm/AntMaze_UMaze_Eval-v5"
+    gym.registry.pop(env_id, None)  # as in a fresh process
+    rng = np.random.default_rng(0)
+
+    def dataset(obs_dim: int):
+        obs = rng.standard_normal((8, obs_dim)).astype(np.float32)
+        rows = {
+            "observations": obs,
+            "next_observations": obs + 0.1,
+            "actions": rng.uniform(-1, 1, (8, 8)).astype(np.float32),
+            "rewards": np.zeros(8, np.float32),
+            "terminals": np.zeros(8, bool),
+            "timeouts": np.eye(8, dtype=bool)[-1],
+        }
+        return make_dataset(rows, name=f"antmaze-obs{obs_dim}", env_id=env_id)
+
+    with pytest.raises(DatasetError, match="29"):
+        check_dataset_against_env(dataset(29))  # D4RL's size without the goal
+    gym.registry.pop(env_id, None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not registered, not checked" warning
+        check_dataset_against_env(dataset(31))
+
+
 def test_collection_reaches_goals_more_than_random():
     data = collect_pointmaze("PointMaze_UMaze-v3", episodes=6, seed=1)
     ends = data["terminals"] | data["truncations"]

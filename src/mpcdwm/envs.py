@@ -74,6 +74,12 @@ def _register_robotics() -> None:
     gym.register_envs(gymnasium_robotics)
 
 
+def _register_own(env_id: str) -> None:
+    """Register ``env_id`` with Gymnasium if it is one of :data:`MPCDWM_ENVS`."""
+    if env_id in MPCDWM_ENVS and env_id not in gym.registry:
+        gym.register(env_id, **MPCDWM_ENVS[env_id])
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make(env_id)`` with dict observations flattened.
 
@@ -81,8 +87,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     ``kwargs`` override them. Raises a clear error for unknown ids and for maze
     ids without the extra.
     """
-    if env_id in MPCDWM_ENVS and env_id not in gym.registry:
-        gym.register(env_id, **MPCDWM_ENVS[env_id])
+    _register_own(env_id)
     if "Maze" in env_id:
         defaults = dict(MAZE_DEFAULTS)
         if "AntMaze" in env_id and env_id.endswith("-v5"):
@@ -126,7 +131,9 @@ def is_registered(env_id: str) -> bool:
     """Whether Gymnasium knows ``env_id`` (maze ids: once the maze extra registered them).
 
     Looks the id up without making the environment, so it never hides a broken install.
+    The package's own ids (:data:`MPCDWM_ENVS`) count as registered.
     """
+    _register_own(env_id)
     if "Maze" in env_id:
         try:
             _register_robotics()
