@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import h5py
 import numpy as np
@@ -116,8 +117,6 @@ def test_datasets_are_checked_against_the_packages_own_eval_task():
     with pytest.raises(DatasetError, match="29"):
         check_dataset_against_env(dataset(29))  # D4RL's size without the goal
     gym.registry.pop(env_id, None)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "not registered, not checked" warning
         check_dataset_against_env(dataset(31))
