@@ -237,6 +237,8 @@ def test_unfinished_agent_is_evaluated_with_a_warning(runs, tmp_path, capfd):
     )
     err = " ".join(capfd.readouterr().err.split())
     assert "unfinished run (step 100 of" in err
+    # Without progress bars the result table and the file still print (batch-job logs).
+    assert "wrote" in err and "eval.json" in err and "normalized" in err
     agent = json.loads(path.read_text())["agent"]
     assert (agent["done"], agent["steps"]) == (False, 100)
 

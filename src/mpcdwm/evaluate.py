@@ -81,7 +81,7 @@ class EvaluateConfig:
     max_steps: int | None = None
     """Cut episodes after this many steps (None = the env's own limit)."""
     progress: bool = True
-    """Show a progress bar and the final table."""
+    """Show progress bars (the result table and the eval.json path are printed either way)."""
 
 
 def _plain(obj: Any) -> Any:
@@ -384,23 +384,22 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     path = cfg.out / "eval.json"
     write_json_atomic(path, data)
-    if cfg.progress:
-        table = Table(title=f"{data['dataset']} ({agent.env_id}), seed {cfg.seed}")
-        for col in ("method", "return", "normalized", "latency ms (med/p95)", "fallbacks"):
-            table.add_column(col, justify="right" if col != "method" else "left")
-        for name, res in results.items():
-            rets = np.asarray(res["returns"])
-            ns = res["normalized_score"]
-            norm = "n/a" if ns["mean"] is None else f"{ns['mean']:.1f} ± {ns['std']:.1f}"
-            table.add_row(
-                name,
-                f"{rets.mean():.1f} ± {rets.std():.1f}",
-                norm,
-                f"{res['latency_ms']['median']:.2f} / {res['latency_ms']['p95']:.2f}",
-                str(res["fallbacks"]),
-            )
-        console.print(table)
-        console.print(f"wrote {path}")
+    table = Table(title=f"{data['dataset']} ({agent.env_id}), seed {cfg.seed}")
+    for col in ("method", "return", "normalized", "latency ms (med/p95)", "fallbacks"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for name, res in results.items():
+        rets = np.asarray(res["returns"])
+        ns = res["normalized_score"]
+        norm = "n/a" if ns["mean"] is None else f"{ns['mean']:.1f} ± {ns['std']:.1f}"
+        table.add_row(
+            name,
+            f"{rets.mean():.1f} ± {rets.std():.1f}",
+            norm,
+            f"{res['latency_ms']['median']:.2f} / {res['latency_ms']['p95']:.2f}",
+            str(res["fallbacks"]),
+        )
+    console.print(table)
+    console.print(f"wrote {path}")
     return path
 
 
