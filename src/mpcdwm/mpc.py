@@ -360,6 +360,32 @@ def safe_action(action: jax.Array, fallback: jax.Array, low: jax.Array, high: ja
     return jnp.clip(a, low, high)
 
 
+def _decide(
+    proposed: jax.Array,
+    a0: jax.Array,
+    ok: jax.Array,
+    accepted: jax.Array,
+    bounds: tuple[jax.Array, jax.Array],
+    before: jax.Array,
+    after: jax.Array,
+    grad_norm: jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The action a planner executes and its :data:`DIAGNOSTICS`, the same for every planner:
+    ``proposed (act_dim,)`` when ``accepted``, else the base policy's ``a0`` (a failed or
+    rejected plan never reaches the env); ``fallback`` marks a non-finite plan (``ok``
+    false), ``accepted`` whether the plan was used."""
+    low, high = bounds
+    action = safe_action(jnp.where(accepted, proposed, a0), a0, low, high)
+    return action, {
+        "imagined_return_before": before,
+        "imagined_return_after": after,
+        "grad_norm": grad_norm,
+        "action_change": jnp.linalg.norm(action - a0),
+        "fallback": 1.0 - ok.astype(jnp.float32),
+        "accepted": accepted.astype(jnp.float32),
+    }
+
+
 def random_step(
     action_of: Callable[[Params], jax.Array], params: Params, change: jax.Array, key: jax.Array
 ) -> Params:
@@ -619,18 +645,10 @@ def make_mpc_step(
             )
             stderr = jnp.std(gain, ddof=1) / jnp.sqrt(M) if M > 1 else jnp.zeros(())
             accepted = ok & (gain.mean() > stderr)
-        action = safe_action(jnp.where(accepted, a, a0), a0, low, high)
+        action, diag = _decide(a, a0, ok, accepted, (low, high), rets[0], ret_after, norms.mean())
         # A failed or rejected adaptation restarts from the pretrained weights: it must not
         # poison the next warm start.
         new_psi = jax.tree_util.tree_map(lambda x, y: jnp.where(accepted, x, y), psi, psi0)
-        diag = {
-            "imagined_return_before": rets[0],
-            "imagined_return_after": ret_after,
-            "grad_norm": norms.mean(),
-            "action_change": jnp.linalg.norm(action - a0),
-            "fallback": 1.0 - ok.astype(jnp.float32),
-            "accepted": accepted.astype(jnp.float32),
-        }
         if cfg.validate:  # imagined gain on fresh noise beyond its standard error
             diag["validated_gain"] = gain.mean() - stderr
         return action, {**carry_in, "params": new_psi}, diag
@@ -713,15 +731,9 @@ def make_action_grad_step(
             ret_after = jnp.full((), jnp.nan, obs.dtype)
         a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
         ok = jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(rets))
-        action = safe_action(jnp.where(ok, seq[0], a0), a0, low, high)
-        diag = {
-            "imagined_return_before": ret0.mean(),
-            "imagined_return_after": ret_after,
-            "grad_norm": norms.mean(),
-            "action_change": jnp.linalg.norm(action - a0),
-            "fallback": 1.0 - ok.astype(jnp.float32),
-            "accepted": ok.astype(jnp.float32),
-        }
+        action, diag = _decide(
+            seq[0], a0, ok, ok, (low, high), ret0.mean(), ret_after, norms.mean()
+        )
         return action, carry, diag
 
     return jax.jit(step)
@@ -794,15 +806,9 @@ def make_mppi_step(
         a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
         a = mid + half * jnp.clip(mean[0], -1.0, 1.0)
         ok = jnp.all(jnp.isfinite(mean)) & jnp.isfinite(ret_after) & jnp.isfinite(best[-1])
-        action = safe_action(jnp.where(ok, a, a0), a0, low, high)
-        diag = {
-            "imagined_return_before": pol_ret.mean(),
-            "imagined_return_after": ret_after,
-            "grad_norm": jnp.zeros((), jnp.float32),
-            "action_change": jnp.linalg.norm(action - a0),
-            "fallback": 1.0 - ok.astype(jnp.float32),
-            "accepted": ok.astype(jnp.float32),
-        }
+        action, diag = _decide(
+            a, a0, ok, ok, (low, high), pol_ret.mean(), ret_after, jnp.zeros((), jnp.float32)
+        )
         return action, carry, diag
 
     return jax.jit(step)
@@ -863,19 +869,10 @@ def make_dream_step(
         seq = u[best]
         a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
         ok = jnp.isfinite(v[best]) & jnp.all(jnp.isfinite(seq))
-        action = safe_action(
-            jnp.where(ok, mid + half * jnp.clip(seq[0], -1.0, 1.0), a0), a0, low, high
-        )
         plan = jnp.where(ok, jnp.concatenate([seq[1:], seq[-1:]]), jnp.zeros_like(seq))
         before = values(u0[:C]).max() if cfg.diagnostics else jnp.full((), jnp.nan, obs.dtype)
-        diag = {
-            "imagined_return_before": before,
-            "imagined_return_after": v[best],
-            "grad_norm": norms.mean(),
-            "action_change": jnp.linalg.norm(action - a0),
-            "fallback": 1.0 - ok.astype(jnp.float32),
-            "accepted": ok.astype(jnp.float32),
-        }
+        a = mid + half * jnp.clip(seq[0], -1.0, 1.0)
+        action, diag = _decide(a, a0, ok, ok, (low, high), before, v[best], norms.mean())
         return action, {**carry, "plan": plan, "has_plan": ok}, diag
 
     return jax.jit(step)
