@@ -38,8 +38,9 @@ gradient step from the pretrained policy per real step) instead of the paper's w
 across the episode; folders get the suffix ``-cold``.
 
 ``--termination rule`` / ``smooth-rule`` ends the imagined episodes of ``paper``, ``placebo``
-and ``ensemble`` by the env's health rule instead of the learned termination model (folders get
-the suffix).
+and ``ensemble`` by the env's health rule (mazes: reaching the goal) instead of the learned
+termination model (folders get the suffix). ``--reward rule`` / ``smooth-rule`` gives them the
+maze's own sparse reward instead of the learned one (suffix ``-r<reward>``; AntMaze/PointMaze).
 
 ``--horizon H`` imagines H steps instead of the preset's 5 (folders get the suffix ``-H<h>``).
 
@@ -70,7 +71,7 @@ import numpy as np
 
 from mpcdwm.agents import load_agent
 from mpcdwm.data import load_dataset
-from mpcdwm.envs import health_rule, make_env
+from mpcdwm.envs import make_env, task_rule
 from mpcdwm.evaluate import EvaluateConfig, chosen_by_fields, evaluate
 from mpcdwm.files import write_json_atomic
 from mpcdwm.mpc import (
@@ -134,11 +135,11 @@ def choose_step_size(agent_run: Path, wm_run: Path, dataset: str, cfg: MPCConfig
     agent = load_agent(agent_run)
     world = load_world_model(wm_run, env_id=agent.env_id)
     env = make_env(agent.env_id)
-    health = health_rule(env)
+    rule = task_rule(env)
     env.close()
     segments = load_dataset(dataset).segments(count=SEGMENTS, length=SEGMENT_LENGTH, seed=seed)
     return select_step_size(
-        cfg, agent, world, segments, PAPER_LR_GRID, seed, health,
+        cfg, agent, world, segments, PAPER_LR_GRID, seed, rule,
         max_action_change=STEP_SIZE_TRUST_REGION,
     )  # fmt: skip
 
@@ -212,6 +213,12 @@ def main() -> None:
         help="what ends imagined episodes in paper/placebo/ensemble (guarded: always rule)",
     )
     p.add_argument(
+        "--reward",
+        default="learned",
+        choices=["learned", "rule", "smooth-rule"],
+        help="imagined reward of paper/placebo/ensemble: learned, or the maze's goal rule",
+    )
+    p.add_argument(
         "--no-carry",
         action="store_true",
         help="start every decision from the pretrained weights (warm_start=False) instead of "
@@ -243,6 +250,7 @@ def main() -> None:
                 preset="paper",
                 num_rollouts=args.num_rollouts,
                 termination=args.termination,
+                reward=args.reward,
                 warm_start=False if args.no_carry else None,
                 **({} if args.horizon is None else {"horizon": args.horizon}),
             )
@@ -278,6 +286,7 @@ def main() -> None:
                 folder += f"-M{args.num_rollouts}"
             if method in WITH_LR and method not in ("guarded", "guarded-x"):
                 folder += "" if args.termination == "learned" else f"-{args.termination}"
+                folder += "" if args.reward == "learned" else f"-r{args.reward}"
             if method in WITH_LR and args.no_carry:
                 folder += "-cold"
             if method in WITH_LR and args.horizon is not None:

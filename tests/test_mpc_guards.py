@@ -1,6 +1,6 @@
 """Guards of the adaptation (mpcdwm.mpc): the paper preset, the placebo control, the validated
-step, the transition-ensemble disagreement penalty, and imagined termination from the env's own
-health rule (mpcdwm.envs.health_rule)."""
+step, the transition-ensemble disagreement penalty, and imagined termination and reward from the
+env's own rules (mpcdwm.envs.health_rule, mpcdwm.envs.goal_rule)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_mpc import _point, _true_return
+from test_world import ACT, OBS, _tiny
 
-from mpcdwm.envs import health_rule, make_env
+from mpcdwm.envs import goal_rule, health_rule, make_env, task_rule
 from mpcdwm.mpc import (
     PRESETS,
     MPCConfig,
     balance_ensemble_penalty,
     make_done_fn,
     make_planner,
+    make_reward_fn,
     resolve,
     select_step_size,
 )
@@ -274,6 +276,76 @@ def test_smooth_rule_gradient_points_away_from_falling():
     assert float(done(None, None, None, jnp.asarray(s))) < 0.01
     s[0] = 0.6
     assert float(done(None, None, None, jnp.asarray(s))) > 0.99
+
+
+def _steps_near_the_goal(env, episodes: int, rng: np.random.Generator):
+    """Real PointMaze steps of a noisy controller pushing the ball into its goal from the next
+    cell: next observations with the env's own terminated flag and reward."""
+    obs_next, ended, rewards = [], [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=ep, options={"goal_cell": (1, 1), "reset_cell": (1, 2)})
+        for _ in range(60):
+            pos, vel, goal = obs[2:4], obs[4:6], obs[-2:]
+            action = np.clip(2.0 * (goal - pos) - 0.5 * vel + rng.normal(0, 0.5, 2), -1, 1)
+            obs, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
+            obs_next.append(obs)
+            ended.append(terminated)
+            rewards.append(reward)
+            if terminated or truncated:
+                break
+    return np.stack(obs_next), np.asarray(ended), np.asarray(rewards)
+
+
+def test_goal_rule_agrees_with_the_maze_on_real_steps():
+    """PointMaze's goal, read from the env, ends and rewards exactly the steps the env does;
+    the planner's jitted rule termination and reward say the same."""
+    pytest.importorskip("gymnasium_robotics")
+    env = make_env("PointMaze_UMaze-v3")
+    rule = goal_rule(env)
+    assert rule is not None and task_rule(env) == rule and health_rule(env) is None
+    assert rule.achieved == (0, 1) and rule.goal == (6, 7) and rule.radius == pytest.approx(0.45)
+    obs, ended, rewards = _steps_near_the_goal(env, 12, np.random.default_rng(0))
+    env.close()
+    assert 5 <= ended.sum() < len(ended) // 2  # both sides are really sampled
+    np.testing.assert_array_equal(rule.reached(obs), ended)
+    np.testing.assert_array_equal(rewards, ended.astype(float))
+    cfg = MPCConfig(termination="rule", reward="rule")
+    batched = lambda f: jax.jit(jax.vmap(f, in_axes=(None, None, None, 0)))  # noqa: E731
+    done = batched(make_done_fn(cfg, None, rule))
+    reward = batched(make_reward_fn(cfg, None, rule, None))
+    np.testing.assert_array_equal(np.asarray(done(None, None, None, jnp.asarray(obs))), ended)
+    np.testing.assert_array_equal(np.asarray(reward(None, None, None, jnp.asarray(obs))), ended)
+
+
+def test_smooth_goal_reward_gradient_points_at_the_goal_and_rules_need_a_goal():
+    pytest.importorskip("gymnasium_robotics")
+    env = make_env("PointMaze_UMaze-v3")
+    rule = goal_rule(env)
+    env.close()
+    cfg = MPCConfig(reward="smooth-rule", termination_sharpness=0.1)
+    reward = make_reward_fn(cfg, None, rule, None)
+    s = np.zeros(8, np.float32)
+    s[:2] = s[2:4] = [0.3, 0.4]  # 0.5 from the goal at the origin: just outside the radius
+    r = float(reward(None, None, None, jnp.asarray(s)))
+    g = np.asarray(jax.grad(lambda x: reward(None, None, None, x))(jnp.asarray(s)))
+    assert 0.2 < r < 0.5
+    # Finite differences agree; the gradient moves the ball (achieved) toward the goal.
+    eps = 1e-3
+    for i in (0, 1, 6):
+        d = np.zeros(8, np.float32)
+        d[i] = eps
+        fd = (reward(None, None, None, s + d) - reward(None, None, None, s - d)) / (2 * eps)
+        assert float(fd) == pytest.approx(g[i], rel=1e-2)
+    assert np.dot(g[:2], -s[:2]) > 0 and np.all(g[2:6] == 0)
+    # Without a goal rule (a locomotion env's health rule) the learned reward is used.
+    world = _tiny("mlp")
+    hopper = make_env("Hopper-v5")
+    learned = make_reward_fn(cfg, world, health_rule(hopper), None)
+    hopper.close()
+    s_, a_ = jnp.linspace(-1.0, 1.0, OBS), jnp.linspace(0.5, -0.5, ACT)
+    assert float(learned(world.params, s_, a_, s_)) == float(world.reward(world.params, s_, a_))
+    with pytest.raises(ValueError, match="--mpc.reward must be"):
+        make_planner("mpc", MPCConfig(reward="goal"), *_point())
 
 
 def test_dream_mpc_recovers_the_poor_policy_and_reuses_its_plan():

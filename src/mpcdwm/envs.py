@@ -240,3 +240,65 @@ def health_rule(env: gym.Env) -> HealthRule | None:
         bound(qpos(2), z_range)
     env_id = env.spec.id if env.spec is not None else type(u).__name__
     return HealthRule(env_id, tuple(index), tuple(low), tuple(high))
+
+
+@dataclasses.dataclass(frozen=True)
+class GoalRule:
+    """A goal-reaching env's sparse task on flat observations: the step whose observation has
+    ``|obs[achieved] - obs[goal]| <= radius`` earns reward 1 and ends the episode (the maze
+    convention of :data:`MAZE_DEFAULTS`). Read from the env itself by :func:`goal_rule`."""
+
+    env_id: str
+    achieved: tuple[int, ...]
+    goal: tuple[int, ...]
+    radius: float
+
+    def reached(self, obs: np.ndarray) -> np.ndarray:
+        """``(..., obs_dim) -> (...)`` bool, as the env's ``compute_terminated``."""
+        obs = np.asarray(obs)
+        gap = obs[..., list(self.achieved)] - obs[..., list(self.goal)]
+        return np.linalg.norm(gap, axis=-1) <= self.radius
+
+
+def goal_rule(env: gym.Env) -> GoalRule | None:
+    """The goal rule of a goal-reaching env with dict observations (gymnasium-robotics
+    PointMaze/AntMaze, ``continuing_task=False``), in flat observation coordinates; None for
+    any other env. Positions come from :func:`mpcdwm.data.flatten_observation` of the env's
+    own dict space; the radius from the env's ``compute_terminated`` (bisection to 1e-9, so
+    it follows the env rather than a copied constant: 0.45 in gymnasium-robotics)."""
+    u = env.unwrapped
+    space = u.observation_space
+    terminated = getattr(u, "compute_terminated", None)
+    if (
+        terminated is None
+        or getattr(u, "continuing_task", True)
+        or not isinstance(space, gym.spaces.Dict)
+        or not {"achieved_goal", "desired_goal"} <= set(space.spaces)
+    ):
+        return None
+    # Mark every entry with its key's number, flatten, and read where each key landed.
+    keys = list(space.spaces)
+    marked = {k: np.full(space[k].shape, i, np.float32) for i, k in enumerate(keys)}
+    flat = flatten_observation(marked)
+    where = {k: tuple(int(j) for j in np.flatnonzero(flat == i)) for i, k in enumerate(keys)}
+    dim = len(where["achieved_goal"])
+
+    def ends(distance: float) -> bool:
+        offset = np.zeros(dim)
+        offset[0] = distance
+        return bool(terminated(np.zeros(dim), offset, {}))
+
+    lo, hi = 0.0, 100.0
+    if not ends(lo) or ends(hi):
+        return None
+    while hi - lo > 1e-9:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ends(mid) else (lo, mid)
+    env_id = env.spec.id if env.spec is not None else type(u).__name__
+    return GoalRule(env_id, where["achieved_goal"], where["desired_goal"], lo)
+
+
+def task_rule(env: gym.Env) -> HealthRule | GoalRule | None:
+    """The env's known termination rule for imagined episodes: its health rule (locomotion)
+    or its goal rule (goal-reaching mazes); None when it has neither."""
+    return health_rule(env) or goal_rule(env)

@@ -39,7 +39,7 @@ from rich.table import Table
 
 from mpcdwm.agents import TrainedAgent, load_agent
 from mpcdwm.checkpoint import checkpoint_digest, checkpoint_file
-from mpcdwm.envs import health_rule, make_env
+from mpcdwm.envs import GoalRule, make_env, task_rule
 from mpcdwm.files import ensure_writable_dir, write_json_atomic
 from mpcdwm.mpc import PLANNERS, MPCConfig, check_ensemble, make_planner, resolve, validate_config
 from mpcdwm.rollout import run_episodes
@@ -234,16 +234,23 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     mpc_cfg = resolve(cfg.mpc)
     for name in cfg.planner:  # before any episode runs
         check_ensemble(mpc_cfg, name, world, ensemble)
-    health = None
-    if mpc_cfg.termination != "learned" and any(p != "none" for p in cfg.planner):
+    rule = None
+    wants_rule = mpc_cfg.termination != "learned" or mpc_cfg.reward != "learned"
+    if wants_rule and any(p != "none" for p in cfg.planner):
         env = make_env(agent.env_id)
-        health = health_rule(env)
+        rule = task_rule(env)
         env.close()
-        if health is None:
+        if rule is None and mpc_cfg.termination != "learned":
             console.print(
-                f"[yellow]note:[/] {agent.env_id} has no known health rule; imagined episodes "
-                f"end by the learned termination model (--mpc.termination {mpc_cfg.termination}"
-                " applies to Hopper, Walker2d and Ant)."
+                f"[yellow]note:[/] {agent.env_id} has no known health rule or goal; imagined "
+                "episodes end by the learned termination model (--mpc.termination "
+                f"{mpc_cfg.termination} applies to Hopper, Walker2d, Ant and the mazes)."
+            )
+        if not isinstance(rule, GoalRule) and mpc_cfg.reward != "learned":
+            console.print(
+                f"[yellow]note:[/] {agent.env_id} has no goal rule; imagined rewards come from "
+                f"the learned reward model (--mpc.reward {mpc_cfg.reward} applies to PointMaze "
+                "and AntMaze)."
             )
     ref_min, ref_max = agent.meta.get("ref_min_score"), agent.meta.get("ref_max_score")
     has_ref = ref_min is not None and ref_max is not None and ref_max != ref_min
@@ -278,7 +285,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 agent,
                 world,
                 seed=cfg.seed,
-                health=health,
+                rule=rule,
                 validation_world=validation_world if name == "mpc" else None,
                 ensemble=ensemble,
             )

@@ -166,12 +166,20 @@ class MPCConfig:
     both policies."""
     termination: Literal["learned", "rule", "smooth-rule"] = "learned"
     """What ends an imagined episode: the world model's learned classifier, or the env's
-    own health rule (Hopper, Walker2d, Ant: read from the Gymnasium env,
-    :func:`mpcdwm.envs.health_rule`) as a hard 0/1 mask (``rule``: no gradient through
-    it) or a sigmoid of the distance to the healthy boundary (``smooth-rule``: the
-    gradient points away from falling). Envs without a rule fall back to ``learned``."""
+    own rule, read from the Gymnasium env (:func:`mpcdwm.envs.task_rule`): the health rule
+    of Hopper, Walker2d, Ant, or the goal of PointMaze/AntMaze, as a hard 0/1 mask
+    (``rule``: no gradient through it) or a sigmoid of the distance to the boundary
+    (``smooth-rule``: the gradient points away from falling, toward the goal). Envs
+    without a rule fall back to ``learned``."""
+    reward: Literal["learned", "rule", "smooth-rule"] = "learned"
+    """What an imagined step earns: the world model's learned reward, or on goal-reaching
+    envs (PointMaze, AntMaze) the env's sparse reward, 1 within the goal's radius (``rule``;
+    its gradient is 0, the terminal critic alone steers) or its sigmoid (``smooth-rule``).
+    The paper's method learns the reward; the rule is for sparse tasks whose few rewarded
+    transitions a reward model cannot learn. Envs without a goal fall back to ``learned``."""
     termination_sharpness: float = 0.02
-    """smooth-rule: width (observation units) of the sigmoid at the healthy boundary."""
+    """smooth-rule (termination and reward): width of the sigmoid at the boundary, in
+    observation units (metres for a maze goal)."""
     diagnostics: bool = False
     """Also roll out what only the diagnostics need: for mpc and action-grad the return after
     the last update (``imagined_return_after``; one extra forward pass of M rollouts, about a
@@ -235,6 +243,19 @@ class HealthLike(Protocol):
     index: tuple[int, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
+
+
+class GoalLike(Protocol):
+    """A goal-reaching env's rule on observations (see :class:`mpcdwm.envs.GoalRule`): the
+    step reaching ``|obs[achieved] - obs[goal]| <= radius`` earns 1 and ends the episode."""
+
+    achieved: tuple[int, ...]
+    goal: tuple[int, ...]
+    radius: float
+
+
+TaskRuleLike = HealthLike | GoalLike
+"""The env's known rule for imagined episodes (:func:`mpcdwm.envs.task_rule`)."""
 
 
 class WorldLike(Protocol):
@@ -310,6 +331,8 @@ def validate_config(cfg: MPCConfig) -> None:
         raise ValueError(
             f"--mpc.termination must be learned, rule or smooth-rule, got {cfg.termination!r}."
         )
+    if cfg.reward not in ("learned", "rule", "smooth-rule"):
+        raise ValueError(f"--mpc.reward must be learned, rule or smooth-rule, got {cfg.reward!r}.")
     if not cfg.termination_sharpness > 0:
         raise ValueError(
             f"--mpc.termination-sharpness must be > 0, got {cfg.termination_sharpness}."
@@ -411,22 +434,47 @@ def _scan(f: Callable, init: Any, xs: Any, unroll: bool):
     return jax.lax.scan(f, init, xs, unroll=True if unroll else 1)
 
 
-def make_done_fn(cfg: MPCConfig, world: WorldLike, health: HealthLike | None) -> Callable:
-    """``done(world_params, s, a, s_next) -> probability (scalar)`` that an imagined episode
-    ends at ``s_next``: the learned classifier, or the env's health rule (``cfg.termination``).
+def _goal_distance(rule: GoalLike, s: jax.Array) -> jax.Array:
+    gap = s[jnp.asarray(rule.achieved, jnp.int32)] - s[jnp.asarray(rule.goal, jnp.int32)]
+    # sqrt(x + tiny), not norm: norm's gradient is NaN at the goal itself.
+    return jnp.sqrt(jnp.sum(gap**2) + 1e-12)
 
-    ``rule``: 1 where any ruled entry of ``s_next`` is outside its interval or not finite
-    (a hard mask, no gradient). ``smooth-rule``: ``1 - prod_k sigmoid((x_k - low_k) / w)
-    sigmoid((high_k - x_k) / w)`` with ``w = termination_sharpness``, whose gradient pushes
-    the imagined state back inside the healthy region.
+
+def _is_goal_rule(rule: TaskRuleLike | None) -> bool:
+    return rule is not None and hasattr(rule, "radius")
+
+
+def make_done_fn(cfg: MPCConfig, world: WorldLike, rule: TaskRuleLike | None) -> Callable:
+    """``done(world_params, s, a, s_next) -> probability (scalar)`` that an imagined episode
+    ends at ``s_next``: the learned classifier, or the env's rule (``cfg.termination``).
+
+    Health rules: ``rule``: 1 where any ruled entry of ``s_next`` is outside its interval or
+    not finite (a hard mask, no gradient). ``smooth-rule``: ``1 - prod_k sigmoid((x_k -
+    low_k) / w) sigmoid((high_k - x_k) / w)`` with ``w = termination_sharpness``, whose
+    gradient pushes the imagined state back inside the healthy region. Goal rules: 1 within
+    ``radius`` of the goal (``rule``), or ``sigmoid((radius - distance) / w)``.
     """
-    if cfg.termination == "learned" or health is None:
+    if cfg.termination == "learned" or rule is None:
         return world.done_prob
-    idx = jnp.asarray(health.index, jnp.int32)
-    # Infinite bounds become far finite ones: same value, and a zero (not NaN) gradient.
-    low = jnp.asarray(np.maximum(np.asarray(health.low, np.float32), -1e6))
-    high = jnp.asarray(np.minimum(np.asarray(health.high, np.float32), 1e6))
     width = float(cfg.termination_sharpness)
+    if _is_goal_rule(rule):
+        radius = float(rule.radius)
+
+        def goal_hard(wp, s, a, s_next):
+            del wp, s, a
+            near = _goal_distance(rule, s_next) <= radius
+            return (near | ~jnp.all(jnp.isfinite(s_next))).astype(s_next.dtype)
+
+        def goal_smooth(wp, s, a, s_next):
+            del wp, s, a
+            return jax.nn.sigmoid((radius - _goal_distance(rule, s_next)) / width)
+
+        return goal_hard if cfg.termination == "rule" else goal_smooth
+
+    idx = jnp.asarray(rule.index, jnp.int32)
+    # Infinite bounds become far finite ones: same value, and a zero (not NaN) gradient.
+    low = jnp.asarray(np.maximum(np.asarray(rule.low, np.float32), -1e6))
+    high = jnp.asarray(np.minimum(np.asarray(rule.high, np.float32), 1e6))
 
     def hard(wp, s, a, s_next):
         del wp, s, a
@@ -443,6 +491,34 @@ def make_done_fn(cfg: MPCConfig, world: WorldLike, health: HealthLike | None) ->
     return hard if cfg.termination == "rule" else smooth
 
 
+def make_reward_fn(
+    cfg: MPCConfig, world: WorldLike, rule: TaskRuleLike | None, members: int | None
+) -> Callable:
+    """``reward(world_params, s, a, s_next) -> scalar`` of an imagined step: the learned
+    reward model (its first member, or the ensemble mean with ``members=None``), or with a
+    goal rule and ``cfg.reward`` ``rule`` / ``smooth-rule`` the env's own sparse reward: 1
+    within ``radius`` of the goal (no gradient), or ``sigmoid((radius - distance) / w)``,
+    ``w = termination_sharpness``. Other rules (health) define no reward: learned."""
+    if cfg.reward == "learned" or not _is_goal_rule(rule):
+
+        def learned(wp, s, a, s_next):
+            del s_next
+            return world.reward(wp, s, a, members)
+
+        return learned
+    radius, width = float(rule.radius), float(cfg.termination_sharpness)
+
+    def hard(wp, s, a, s_next):
+        del wp, s, a
+        return (_goal_distance(rule, s_next) <= radius).astype(s_next.dtype)
+
+    def smooth(wp, s, a, s_next):
+        del wp, s, a
+        return jax.nn.sigmoid((radius - _goal_distance(rule, s_next)) / width)
+
+    return hard if cfg.reward == "rule" else smooth
+
+
 # --------------------------------------------------------------------------- rollouts
 
 
@@ -450,7 +526,7 @@ def make_imagine(
     cfg: MPCConfig,
     agent: AgentLike,
     world: WorldLike,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """``imagine(act_fn, models, s0, noise, seq=None, terminal_fn=None) -> (returns (M,), aux)``.
@@ -462,9 +538,10 @@ def make_imagine(
     ``aux``: per-rollout ``states (M, H + 1, obs_dim)``, ``actions (M, H + 1, act_dim)``
     and ``penalty (M,)`` (the discounted sum of the weighted reward-ensemble and
     transition-ensemble disagreements). Rollouts are vmapped over M so every network call is
-    one batched matmul. ``health``: the env's health rule, used when ``cfg.termination`` asks
-    for it (:func:`make_done_fn`). ``ensemble``: the other transition models whose
-    disagreement ``cfg.ensemble_penalty`` weighs (their weights arrive as
+    one batched matmul. ``rule``: the env's health or goal rule, used when
+    ``cfg.termination`` or ``cfg.reward`` asks for it (:func:`make_done_fn`,
+    :func:`make_reward_fn`). ``ensemble``: the other transition models whose disagreement
+    ``cfg.ensemble_penalty`` weighs (their weights arrive as
     ``models["ensemble"]``, in the same order).
     """
     gamma = float(agent.gamma if cfg.gamma is None else cfg.gamma)
@@ -474,8 +551,9 @@ def make_imagine(
     # Disagreement in the planning model's normalised units, so one weight fits every
     # observation dimension (stand-in worlds without normalisation constants: raw units).
     obs_scale = getattr(world, "obs_scale", 1.0)
-    done_fn = make_done_fn(cfg, world, health)
+    done_fn = make_done_fn(cfg, world, rule)
     members = None if (cfg.reward_ensemble or lam > 0) else 1
+    reward_fn = make_reward_fn(cfg, world, rule, members)
 
     def one(act_fn: Callable, terminal_fn: Callable, models: dict, s0, noise, seq):
         wp = models["world"]
@@ -484,10 +562,10 @@ def make_imagine(
             s, alive, disc, ret, pen = carry
             noise_h, a_seq = inp
             a = act_fn(s) if a_seq is None else a_seq
-            r = world.reward(wp, s, a, members)
             if lam > 0:  # static: no disagreement network work when the penalty is off
                 pen = pen + lam * disc * alive * world.reward_disagreement(wp, s, a)
             s_next = world.next_state(wp, s, a, noise_h)
+            r = reward_fn(wp, s, a, s_next)
             if others:  # static, like lam: no extra models run when the penalty is off
                 # Same noise for every member: members that learned the same dynamics map it
                 # to the same s', so what differs is what the data did not pin down.
@@ -528,7 +606,7 @@ def make_mpc_step(
     cfg: MPCConfig,
     agent: AgentLike,
     world: WorldLike,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     validation_world: WorldLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
@@ -543,13 +621,13 @@ def make_mpc_step(
     cfg = resolve(cfg)
     validate_config(cfg)
     low, high, _, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health, ensemble)
+    imagine = make_imagine(cfg, agent, world, rule, ensemble)
     # The validated step's judge: an independently trained world model when one is given
     # (its own normalisation constants; its weights arrive as models["validation_world"]).
     if validation_world is None:
         judge_imagine, judge_key = imagine, "world"
     else:
-        judge_imagine = make_imagine(cfg, agent, validation_world, health)
+        judge_imagine = make_imagine(cfg, agent, validation_world, rule)
         judge_key = "validation_world"
     tx = optax.adam(cfg.lr) if cfg.optimizer == "adam" else optax.sgd(cfg.lr)
     if cfg.max_grad_norm > 0:
@@ -660,11 +738,11 @@ def make_none_step(
     cfg: MPCConfig,
     agent: AgentLike,
     world: WorldLike | None = None,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """The base policy with the planners' signature (no thinking; same diagnostics keys)."""
-    del world, health, ensemble
+    del world, rule, ensemble
     validate_config(cfg)
     low, high, _, _ = _action_bounds(agent)
 
@@ -684,7 +762,7 @@ def make_action_grad_step(
     cfg: MPCConfig,
     agent: AgentLike,
     world: WorldLike,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """Gradient ascent on one open-loop action sequence ``(H, act_dim)`` (same E, M, H).
@@ -696,7 +774,7 @@ def make_action_grad_step(
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health, ensemble)
+    imagine = make_imagine(cfg, agent, world, rule, ensemble)
     tx = optax.adam(cfg.action_lr)
     H, M = cfg.horizon, cfg.num_rollouts
 
@@ -743,7 +821,7 @@ def make_mppi_step(
     cfg: MPCConfig,
     agent: AgentLike,
     world: WorldLike,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """TD-MPC-style MPPI on the same world model, reward model and terminal critic.
@@ -758,7 +836,7 @@ def make_mppi_step(
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health, ensemble)
+    imagine = make_imagine(cfg, agent, world, rule, ensemble)
     H, N, P, K = cfg.horizon, cfg.mppi_samples, cfg.mppi_policy_samples, cfg.mppi_elites
     act_dim = int(mid.shape[0])
 
@@ -818,7 +896,7 @@ def make_dream_step(
     cfg: MPCConfig,
     agent: AgentLike,
     world: WorldLike,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """Dream-MPC: refine a few candidate action sequences by gradient ascent and execute the
@@ -834,7 +912,7 @@ def make_dream_step(
     """
     validate_config(cfg)
     low, high, mid, half = _action_bounds(agent)
-    imagine = make_imagine(cfg, agent, world, health, ensemble)
+    imagine = make_imagine(cfg, agent, world, rule, ensemble)
     tx = optax.adam(cfg.action_lr)
     H, M, C = cfg.horizon, cfg.num_rollouts, cfg.dream_candidates
 
@@ -892,12 +970,12 @@ def make_step(
     cfg: MPCConfig,
     agent: AgentLike,
     world: WorldLike | None,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     validation_world: WorldLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Callable:
     """The jitted decision function of planner ``name`` (see the module docstring);
-    ``health``: the env's health rule for ``cfg.termination`` (rule / smooth-rule);
+    ``rule``: the env's health or goal rule for ``cfg.termination`` / ``cfg.reward``;
     ``validation_world``: the validated mpc step's judge (:func:`check_validation_world`);
     ``ensemble``: the other transition models of ``cfg.ensemble_penalty``
     (:func:`check_ensemble`)."""
@@ -909,8 +987,8 @@ def make_step(
             "(train one with `mpcdwm train-world-model`) or use --planner none."
         )
     if name == "mpc":
-        return make_mpc_step(resolve(cfg), agent, world, health, validation_world, ensemble)
-    return STEP_FACTORIES[name](resolve(cfg), agent, world, health, ensemble)
+        return make_mpc_step(resolve(cfg), agent, world, rule, validation_world, ensemble)
+    return STEP_FACTORIES[name](resolve(cfg), agent, world, rule, ensemble)
 
 
 class Planner:
@@ -930,7 +1008,7 @@ class Planner:
         agent: AgentLike,
         world: WorldLike | None,
         seed: int = 0,
-        health: HealthLike | None = None,
+        rule: TaskRuleLike | None = None,
         validation_world: WorldLike | None = None,
         ensemble: Sequence[WorldLike] = (),
     ) -> None:
@@ -939,7 +1017,7 @@ class Planner:
         check_validation_world(cfg, name, world, validation_world)
         ensemble = () if name == "none" else tuple(ensemble)  # the base policy imagines nothing
         check_ensemble(cfg, name, world, ensemble)
-        step = make_step(name, cfg, agent, world, health, validation_world, ensemble)
+        step = make_step(name, cfg, agent, world, rule, validation_world, ensemble)
         self.psi0 = agent.actor_params
         self.models = {
             "world": None if world is None else world.params,
@@ -1011,7 +1089,7 @@ def select_step_size(
     states: np.ndarray,
     grid: tuple[float, ...] = PAPER_LR_GRID,
     seed: int = 0,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     validation_world: WorldLike | None = None,
     max_action_change: float | None = None,
 ) -> tuple[float | None, list[dict[str, float]]]:
@@ -1050,7 +1128,7 @@ def select_step_size(
     rows, chosen = [], None
     for lr in sorted(grid):
         trial = dataclasses.replace(resolve(cfg), lr=float(lr), validate=True, warm_start=warm)
-        planner = Planner("mpc", trial, agent, world, seed, health, validation_world)
+        planner = Planner("mpc", trial, agent, world, seed, rule, validation_world)
         diags, last = [], []
         for i, segment in enumerate(states):
             planner.reset(i)
@@ -1182,7 +1260,7 @@ def make_planner(
     agent: AgentLike,
     world: WorldLike | None,
     seed: int = 0,
-    health: HealthLike | None = None,
+    rule: TaskRuleLike | None = None,
     validation_world: WorldLike | None = None,
     ensemble: Sequence[WorldLike] = (),
 ) -> Planner:
@@ -1190,4 +1268,4 @@ def make_planner(
     an independently trained world model that judges the validated step (``cfg.validate``);
     ``ensemble``: independently trained world models whose disagreement with ``world`` is
     penalized (``cfg.ensemble_penalty``)."""
-    return Planner(name, cfg, agent, world, seed, health, validation_world, ensemble)
+    return Planner(name, cfg, agent, world, seed, rule, validation_world, ensemble)
