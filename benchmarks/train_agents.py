@@ -106,6 +106,9 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
+    missing = [str(d) for d in args.datasets if not d.exists()]
+    if missing:  # before any training: not a traceback hours into a chain
+        p.error(f"no dataset folder {', '.join(missing)}; make it with benchmarks/make_datasets.py")
 
     for seed in args.seeds:
         for agent in args.agents:
