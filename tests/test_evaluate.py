@@ -244,16 +244,18 @@ def test_unfinished_agent_is_evaluated_with_a_warning(runs, tmp_path, capfd):
 
 
 def test_health_rule_termination_on_an_env_without_one_falls_back_with_a_note(cfg, capfd):
-    """InvertedPendulum has no healthy-range rule: --mpc.termination rule says so and uses
-    the learned termination model."""
+    """InvertedPendulum has no healthy-range rule and no goal: --mpc.termination rule and
+    --mpc.reward rule say so and use the learned termination and reward models."""
     out = evaluate(
         dataclasses.replace(
             cfg,
             planner=("mpc",),
             episodes=1,
-            mpc=dataclasses.replace(SMALL, termination="rule"),
+            mpc=dataclasses.replace(SMALL, termination="rule", reward="rule"),
             out=cfg.out / "rule",
         )
     )
-    assert "no known health rule" in " ".join(capfd.readouterr().err.split())
-    assert json.loads(out.read_text())["mpc"]["termination"] == "rule"
+    err = " ".join(capfd.readouterr().err.split())
+    assert "no known health rule" in err and "has no goal rule" in err
+    recorded = json.loads(out.read_text())["mpc"]
+    assert (recorded["termination"], recorded["reward"]) == ("rule", "rule")
