@@ -444,6 +444,16 @@ def _is_goal_rule(rule: TaskRuleLike | None) -> bool:
     return rule is not None and hasattr(rule, "radius")
 
 
+def _goal_reached(rule: GoalLike, mode: str, width: float) -> Callable[[jax.Array], jax.Array]:
+    """``reached(s_next) -> scalar``: 1 within ``radius`` of the goal (``mode="rule"``, no
+    gradient), else ``sigmoid((radius - distance) / width)`` (``smooth-rule``). The maze's
+    sparse reward and its end of episode are the same test."""
+    radius = float(rule.radius)
+    if mode == "rule":
+        return lambda s: (_goal_distance(rule, s) <= radius).astype(s.dtype)
+    return lambda s: jax.nn.sigmoid((radius - _goal_distance(rule, s)) / width)
+
+
 def make_done_fn(cfg: MPCConfig, world: WorldLike, rule: TaskRuleLike | None) -> Callable:
     """``done(world_params, s, a, s_next) -> probability (scalar)`` that an imagined episode
     ends at ``s_next``: the learned classifier, or the env's rule (``cfg.termination``).
@@ -458,18 +468,16 @@ def make_done_fn(cfg: MPCConfig, world: WorldLike, rule: TaskRuleLike | None) ->
         return world.done_prob
     width = float(cfg.termination_sharpness)
     if _is_goal_rule(rule):
-        radius = float(rule.radius)
+        reached = _goal_reached(rule, cfg.termination, width)
+        hard_mask = cfg.termination == "rule"
 
-        def goal_hard(wp, s, a, s_next):
+        def goal_done(wp, s, a, s_next):
             del wp, s, a
-            near = _goal_distance(rule, s_next) <= radius
-            return (near | ~jnp.all(jnp.isfinite(s_next))).astype(s_next.dtype)
+            if hard_mask:  # as the health rule's mask: a non-finite state ends the episode
+                return jnp.where(jnp.all(jnp.isfinite(s_next)), reached(s_next), 1.0)
+            return reached(s_next)
 
-        def goal_smooth(wp, s, a, s_next):
-            del wp, s, a
-            return jax.nn.sigmoid((radius - _goal_distance(rule, s_next)) / width)
-
-        return goal_hard if cfg.termination == "rule" else goal_smooth
+        return goal_done
 
     idx = jnp.asarray(rule.index, jnp.int32)
     # Infinite bounds become far finite ones: same value, and a zero (not NaN) gradient.
@@ -506,17 +514,13 @@ def make_reward_fn(
             return world.reward(wp, s, a, members)
 
         return learned
-    radius, width = float(rule.radius), float(cfg.termination_sharpness)
+    reached = _goal_reached(rule, cfg.reward, float(cfg.termination_sharpness))
 
-    def hard(wp, s, a, s_next):
+    def goal_reward(wp, s, a, s_next):
         del wp, s, a
-        return (_goal_distance(rule, s_next) <= radius).astype(s_next.dtype)
+        return reached(s_next)
 
-    def smooth(wp, s, a, s_next):
-        del wp, s, a
-        return jax.nn.sigmoid((radius - _goal_distance(rule, s_next)) / width)
-
-    return hard if cfg.reward == "rule" else smooth
+    return goal_reward
 
 
 # --------------------------------------------------------------------------- rollouts
