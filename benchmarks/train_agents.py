@@ -8,8 +8,9 @@ finished run is skipped, so the command can be re-run with more seeds or a large
 
 Into ``--results`` (default ``benchmarks/results/agents_d4rl``) it copies each run's
 ``metrics.jsonl`` and ``eval.json`` (never checkpoints), draws ``curves.png`` (normalized
-score vs updates, mean over seeds) and writes ``report/`` (``mpcdwm report``: final scores,
-bootstrap 95% CIs over seeds x episodes).
+score vs updates, mean over seeds), writes ``convergence.md`` (is each curve still rising at
+the end of its budget? see :func:`convergence_table`) and ``report/`` (``mpcdwm report``: final
+scores, bootstrap 95% CIs over seeds x episodes).
 
     python benchmarks/make_datasets.py
     python benchmarks/train_agents.py data/hopper-medium-v0 data/halfcheetah-medium-v0 \\
@@ -31,7 +32,7 @@ from mpcdwm.agents import TrainAgentConfig, train_agent
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.pipeline import evaluation_is_current
-from mpcdwm.report import ReportConfig, report
+from mpcdwm.report import ReportConfig, bootstrap_ci, report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "agents_d4rl"
 
@@ -83,6 +84,75 @@ def plot_curves(results: Path) -> Path:
     path = results / "curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+def _difference_of_means(late: np.ndarray, middle: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(late, axis=axis) - np.mean(middle, axis=axis)
+
+
+def late_change(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float, float, int]:
+    """Mean evaluation score in the last third of the updates minus the middle third.
+
+    ``runs``: one (updates, score) curve per seed, over the same budget. Evaluations pooled over
+    seeds within each third; the CI resamples evaluations within each third (a stratified
+    bootstrap). Returns (change, CI low, CI high, evaluations per third). A CI above 0 says the
+    curve was still rising: its budget is not shown to converge. Evaluations are 10-episode
+    means, so a flat curve still moves a few points between them; the CI carries that noise.
+    """
+    budget = max(int(s[-1]) for s, _ in runs)
+    late = np.concatenate([sc[s > 2 * budget / 3] for s, sc in runs])
+    middle = np.concatenate([sc[(s > budget / 3) & (s <= 2 * budget / 3)] for s, sc in runs])
+    if late.size < 2 or middle.size < 2:
+        return float("nan"), float("nan"), float("nan"), 0
+    lo, hi = bootstrap_ci([late, middle], _difference_of_means)
+    return float(late.mean() - middle.mean()), lo, hi, min(late.size, middle.size)
+
+
+def convergence_table(results: Path) -> Path:
+    """``convergence.md``: per dataset x agent, the budget, the last evaluation (mean over
+    seeds), and :func:`late_change` with its verdict (rising / falling / flat)."""
+    rows = [
+        "| dataset | agent | seeds | updates | last evaluation | last third - middle third "
+        "[95% CI] | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "report"):
+        for agent_dir in sorted(p for p in dataset.iterdir() if p.is_dir()):
+            runs = [curve(m) for m in sorted(agent_dir.glob("seed*/metrics.jsonl"))]
+            runs = [r for r in runs if len(r[0])]
+            if not runs:
+                continue
+            budgets = {int(s[-1]) for s, _ in runs}
+            if len(budgets) > 1:  # a run still training: compare only finished budgets
+                top = max(budgets)
+                runs = [r for r in runs if int(r[0][-1]) == top]
+            change, lo, hi, n = late_change(runs)
+            if not np.isfinite(change):
+                verdict = "too few evaluations"
+            elif lo > 0 and hi < 2:  # noise-level rise: scores are read to ~1 point
+                verdict = "rising by < 2 points"
+            elif lo > 0:
+                verdict = "**still rising**"
+            elif hi < 0:
+                verdict = "falling"
+            else:
+                verdict = "flat"
+            last = np.mean([sc[-1] for _, sc in runs])
+            rows.append(
+                f"| {dataset.name} | {agent_dir.name} | {len(runs)} | {int(runs[0][0][-1]):,} | "
+                f"{last:.1f} | {change:+.1f} [{lo:+.1f}, {hi:+.1f}] (n = {n} per third) | "
+                f"{verdict} |"
+            )
+    path = results / "convergence.md"
+    path.write_text(
+        "# Are the base agents converged at their budget?\n\n"
+        "Normalized score of the training evaluations (10 episodes each, every `--eval-every` "
+        "updates), pooled over seeds: the mean over the last third of the updates minus the "
+        "mean over the middle third, with a percentile-bootstrap 95% CI (evaluations resampled "
+        "within each third). *Still rising* (CI above 0): the budget is not shown to converge. "
+        "Written by `benchmarks/train_agents.py`.\n\n" + "\n".join(rows) + "\n"
+    )
     return path
 
 
@@ -155,6 +225,7 @@ def main() -> None:
                     flush=True,
                 )
     print(f"curves: {plot_curves(args.results)}")
+    print(f"convergence: {convergence_table(args.results)}")
     report(ReportConfig(runs=(args.results,), out=args.results / "report"))
 
 

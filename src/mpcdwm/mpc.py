@@ -383,6 +383,15 @@ def safe_action(action: jax.Array, fallback: jax.Array, low: jax.Array, high: ja
     return jnp.clip(a, low, high)
 
 
+def _base_action(
+    agent: AgentLike, weights: Params, obs: jax.Array, bounds: tuple[jax.Array, jax.Array]
+) -> jax.Array:
+    """``(act_dim,)`` the base policy's action for ``obs`` under ``weights``, made safe (the
+    bounds' midpoint if not finite, clipped): what every planner falls back to."""
+    low, high = bounds
+    return safe_action(agent.act(weights, obs), (low + high) / 2, low, high)
+
+
 def _decide(
     proposed: jax.Array,
     a0: jax.Array,
@@ -707,7 +716,7 @@ def make_mpc_step(
             ret_after = imagine(pi, models, obs, noise, None, terminal)[0].mean()
         else:
             ret_after = jnp.full((), jnp.nan, obs.dtype)
-        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        a0 = _base_action(agent, psi0, obs, (low, high))
         a = agent.act(acting, obs)
         ok = _all_finite(train) & jnp.all(jnp.isfinite(rets))
         ok = ok & jnp.all(jnp.isfinite(a))
@@ -811,7 +820,7 @@ def make_action_grad_step(
             ret_after = imagine(pi0, models, obs, noise, seqs)[0].mean()
         else:
             ret_after = jnp.full((), jnp.nan, obs.dtype)
-        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        a0 = _base_action(agent, psi0, obs, (low, high))
         ok = jnp.all(jnp.isfinite(u)) & jnp.all(jnp.isfinite(rets))
         action, diag = _decide(
             seq[0], a0, ok, ok, (low, high), ret0.mean(), ret_after, norms.mean()
@@ -885,7 +894,7 @@ def make_mppi_step(
         keys = jax.random.split(k_iter, cfg.mppi_iterations)
         (mean, _), best = jax.lax.scan(iteration, (mean0, std0), keys)
         ret_after = score(mean[None])[0]
-        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        a0 = _base_action(agent, psi0, obs, (low, high))
         a = mid + half * jnp.clip(mean[0], -1.0, 1.0)
         ok = jnp.all(jnp.isfinite(mean)) & jnp.isfinite(ret_after) & jnp.isfinite(best[-1])
         action, diag = _decide(
@@ -949,7 +958,7 @@ def make_dream_step(
         v = jnp.where(usable, jnp.nan_to_num(values(u), nan=-jnp.inf), -jnp.inf)
         best = jnp.argmax(v)
         seq = u[best]
-        a0 = safe_action(agent.act(psi0, obs), (low + high) / 2, low, high)
+        a0 = _base_action(agent, psi0, obs, (low, high))
         ok = jnp.isfinite(v[best]) & jnp.all(jnp.isfinite(seq))
         plan = jnp.where(ok, jnp.concatenate([seq[1:], seq[-1:]]), jnp.zeros_like(seq))
         before = values(u0[:C]).max() if cfg.diagnostics else jnp.full((), jnp.nan, obs.dtype)
