@@ -120,7 +120,7 @@ def antmaze_outcomes(ds: Dataset) -> dict:
     """How an AntMaze dataset's episodes end (goal, ant on its back, upright at the time
     limit) and its share of transitions whose ant lies on its back."""
     last = ds.episode_ends
-    on_back = np.array([ant_on_its_back(o) for o in ds.next_observations])
+    on_back = ant_on_its_back(ds.next_observations)
     goal = ds.terminals[last].astype(bool)
     back = on_back[last] & ~goal
     return {

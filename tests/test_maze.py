@@ -310,6 +310,9 @@ def test_antmaze_collection_gives_up_on_an_ant_on_its_back():
     _drive_episode(env, obs, [obs[-2:]], still, rows, ant_on_its_back, 5)
     assert len(rows["actions"]) == 5 and rows["truncations"][-1] and not any(rows["terminals"])
     assert all(map(ant_on_its_back, rows["next_observations"]))
+    # Batched, as datasets are tested: one row of each kind, the same answers.
+    mixed = np.stack([rows["next_observations"][-1], obs])
+    assert ant_on_its_back(mixed).tolist() == [True, False]
 
 
 def test_antmaze_dataset_round_trip_and_play_cells(ant_policy, tmp_path):

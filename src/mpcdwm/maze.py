@@ -156,7 +156,7 @@ class AntGoalEnv(gym.Env):
     def flipped(self) -> bool:
         """Whether the torso lies on its back (:func:`upside_down`)."""
         _, qx, qy, _ = self.ant.data.qpos[3:7]
-        return upside_down(qx, qy)
+        return bool(upside_down(qx, qy))
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -411,17 +411,18 @@ large maze episodes ended with the ant on its back and 42-46% of their transitio
 ant lying there until the time limit (~2% with it); the steps kept show where a flip leads."""
 
 
-def ant_on_its_back(obs: np.ndarray) -> bool:
-    """Whether the ant of a flattened AntMaze observation ``[xy (2), ant (27), goal (2)]`` lies
-    on its back (:func:`upside_down` of the torso's quaternion, the ant's entries 1-4 after its
-    height)."""
-    return upside_down(obs[2 + 2], obs[2 + 3])
+def ant_on_its_back(obs: np.ndarray) -> np.ndarray:
+    """Whether the ant of flattened AntMaze observations ``(..., [xy (2), ant (27), goal (2)])``
+    lies on its back: ``(...)`` bools (:func:`upside_down` of the torso's quaternion, the ant's
+    entries 1-4 after its height), so a whole dataset is tested at once."""
+    obs = np.asarray(obs)
+    return upside_down(obs[..., 2 + 2], obs[..., 2 + 3])
 
 
-def upside_down(qx: float, qy: float) -> bool:
+def upside_down(qx: np.ndarray | float, qy: np.ndarray | float) -> np.ndarray:
     """Whether a body with orientation quaternion (w, ``qx``, ``qy``, z) has its up axis,
-    ``1 - 2(qx^2 + qy^2)``, below the horizon."""
-    return bool(1.0 - 2.0 * (qx * qx + qy * qy) < 0.0)
+    ``1 - 2(qx^2 + qy^2)``, below the horizon (elementwise)."""
+    return 1.0 - 2.0 * (np.square(qx) + np.square(qy)) < 0.0
 
 
 UMAZE_PLAY_CELLS: list[Cell] = [(1, 1), (3, 1)]
