@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 
 from mpcdwm.data import load_dataset  # noqa: E402
-from mpcdwm.envs import make_env  # noqa: E402
+from mpcdwm.envs import goal_rule, make_env  # noqa: E402
 from mpcdwm.maze import (  # noqa: E402
     ANT_OBS_DIM,
     D4RL_EVAL_CELLS,
@@ -223,18 +223,23 @@ def test_rebrac_on_pointmaze_umaze_beats_random(tmp_path):
         )
     )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    success = [r["eval_return"] for r in rows if "eval_return" in r][-1]
+    last = [r for r in rows if "eval_return" in r][-1]
+    success = last["eval_return"]
     env = make_env("PointMaze_UMaze-v3")
-    rand = 0.0
+    rule = goal_rule(env)
+    rand, rand_distance = 0.0, 0.0
     for ep in range(20):
         env.reset(seed=10_000 + ep)
         env.action_space.seed(ep)
         done = False
         while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
+            obs, r, term, trunc, _ = env.step(env.action_space.sample())
             rand += r / 20
             done = term or trunc
+        rand_distance += float(rule.distance(obs)) / 20
     assert success > rand + 0.3, (success, rand)
+    # The evaluations also say how close the policy ends to its goals (mean over episodes).
+    assert last["eval_goal_distance"] < rand_distance, (last, rand_distance)
 
 
 def test_pointmaze_dataset_relative_out_lands_in_the_working_directory(tmp_path, monkeypatch):
@@ -451,3 +456,27 @@ def test_antmaze_collection_drives_the_shipped_ant_when_none_was_trained(tmp_pat
     # datasets' rate is in BENCHMARKS.md) in many of its episodes.
     returns = ds.episode_returns()
     assert len(returns) >= 5 and returns.mean() >= 0.4, returns
+
+
+def test_run_episodes_records_how_far_from_its_goal_each_episode_ends():
+    """Real PointMaze: the distance recorded per episode is the env's own ball-to-goal
+    distance after the last step; an env without a goal records none."""
+    from mpcdwm.rollout import run_episodes
+
+    def still(obs):
+        return np.zeros(2, np.float32), {}
+
+    stats = run_episodes("PointMaze_UMaze-v3", still, episodes=2, seed=7, max_steps=5)
+    assert len(stats.goal_distances) == 2
+    env = make_env("PointMaze_UMaze-v3")
+    for i, recorded in enumerate(stats.goal_distances):
+        env.reset(seed=7 + i)
+        for _ in range(5):
+            env.step(np.zeros(2))
+        u = env.unwrapped
+        assert recorded == pytest.approx(float(np.linalg.norm(u.data.qpos[:2] - u.goal)), abs=1e-6)
+    env.close()
+    hopper = run_episodes(
+        "Hopper-v5", lambda obs: (np.zeros(3, np.float32), {}), episodes=1, seed=0, max_steps=3
+    )
+    assert hopper.goal_distances == [] and len(hopper.returns) == 1

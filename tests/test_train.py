@@ -110,7 +110,7 @@ def test_continuing_to_any_target_ends_exactly_there(
     state, _ = _fit(data, tmp_path, target, chunk=chunk)
     assert _updates_done(state) == target
     meta = _ckpt_meta(tmp_path)
-    assert (meta["step"], meta["done"]) == (target, True)
+    assert (meta["step"], meta["target_steps"], meta["done"]) == (target, target, True)
     restored, _ = load_checkpoint(
         tmp_path / "checkpoint.ckpt",
         {"train": _state(), "key": jax.random.key(0), "step": np.int64(0)},

@@ -187,6 +187,13 @@ def load_checkpoint(
     return state, meta
 
 
+def training_progress(meta: dict[str, Any]) -> str:
+    """How far a training run's checkpoint got: "step 550000 of 1000000" (or, for a
+    checkpoint written before the target was recorded, "step 550000")."""
+    step, target = meta.get("step"), meta.get("target_steps")
+    return f"step {step}" if target is None else f"step {step} of {target}"
+
+
 def _fsync_dir(folder: Path) -> None:
     # Make the rename itself durable (a power cut right after could otherwise undo it).
     try:

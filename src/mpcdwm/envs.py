@@ -253,11 +253,15 @@ class GoalRule:
     goal: tuple[int, ...]
     radius: float
 
-    def reached(self, obs: np.ndarray) -> np.ndarray:
-        """``(..., obs_dim) -> (...)`` bool, as the env's ``compute_terminated``."""
+    def distance(self, obs: np.ndarray) -> np.ndarray:
+        """``(..., obs_dim) -> (...)`` Euclidean distance from the achieved to the goal position."""
         obs = np.asarray(obs)
         gap = obs[..., list(self.achieved)] - obs[..., list(self.goal)]
-        return np.linalg.norm(gap, axis=-1) <= self.radius
+        return np.linalg.norm(gap, axis=-1)
+
+    def reached(self, obs: np.ndarray) -> np.ndarray:
+        """``(..., obs_dim) -> (...)`` bool, as the env's ``compute_terminated``."""
+        return self.distance(obs) <= self.radius
 
 
 def goal_rule(env: gym.Env) -> GoalRule | None:

@@ -12,6 +12,7 @@
                          "normalized_score": {"mean", "std"}, "latency_ms": {"median", "p95"},
                          "compile_s", "fallbacks", "diagnostics": {name: mean},
                          "config": {...}, "imagined_real_corr": [per episode],
+                         "goal_distances": [per episode] (goal envs only),
                          "trace": {"real_return", "imagined_return_before",
                                    "imagined_return_after"}}}}
 
@@ -21,7 +22,8 @@ whether its run had finished, and the SHA-256 of its payload (``digest``), so a 
 ``trace`` holds, per decision of episode 0, the cumulative real return before the
 decision and the imagined returns before/after planning. ``imagined_real_corr`` is, per
 episode, how well the planner's imagined return tracks the real one
-(:func:`imagined_real_correlation`; null for the base policy). The episodes themselves
+(:func:`imagined_real_correlation`; null for the base policy). ``goal_distances`` (mazes):
+how far from the goal each episode's last observation lies. The episodes themselves
 run through :func:`mpcdwm.rollout.run_episodes`.
 """
 
@@ -38,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from mpcdwm.agents import TrainedAgent, load_agent
-from mpcdwm.checkpoint import checkpoint_digest, checkpoint_file
+from mpcdwm.checkpoint import checkpoint_digest, checkpoint_file, training_progress
 from mpcdwm.envs import GoalRule, make_env, task_rule
 from mpcdwm.files import ensure_writable_dir, write_json_atomic
 from mpcdwm.mpc import PLANNERS, MPCConfig, check_ensemble, make_planner, resolve, validate_config
@@ -225,10 +227,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         **checkpoint_record(cfg.agent, agent.meta),
     }
     if not agent_record["done"]:
-        target = (agent.meta.get("config") or {}).get("steps")
         console.print(
-            f"[yellow]warning:[/] the agent in {cfg.agent} is from an unfinished run (step "
-            f"{agent_record['steps']} of {target}); its scores are not the trained agent's. "
+            f"[yellow]warning:[/] the agent in {cfg.agent} is from an unfinished run "
+            f"({training_progress(agent.meta)}); its scores are not the trained agent's. "
             "Re-run its training command to finish it."
         )
     mpc_cfg = resolve(cfg.mpc)
@@ -367,6 +368,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 "imagined_real_corr": correlations,
                 "trace": {k: [_finite_or_none(x) for x in v] for k, v in trace.items()},
             }
+            if stats.goal_distances:
+                results[name]["goal_distances"] = [float(d) for d in stats.goal_distances]
     data = {
         "dataset": agent.meta.get("dataset"),
         "dataset_path": agent.meta.get("dataset_path"),  # two datasets may share an id
@@ -392,19 +395,25 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     path = cfg.out / "eval.json"
     write_json_atomic(path, data)
     table = Table(title=f"{data['dataset']} ({agent.env_id}), seed {cfg.seed}")
-    for col in ("method", "return", "normalized", "latency ms (med/p95)", "fallbacks"):
+    goal = any("goal_distances" in res for res in results.values())
+    columns = ["method", "return", "normalized", "latency ms (med/p95)", "fallbacks"]
+    for col in columns + ["final goal distance"] * goal:
         table.add_column(col, justify="right" if col != "method" else "left")
     for name, res in results.items():
         rets = np.asarray(res["returns"])
         ns = res["normalized_score"]
         norm = "n/a" if ns["mean"] is None else f"{ns['mean']:.1f} ± {ns['std']:.1f}"
-        table.add_row(
+        row = [
             name,
             f"{rets.mean():.1f} ± {rets.std():.1f}",
             norm,
             f"{res['latency_ms']['median']:.2f} / {res['latency_ms']['p95']:.2f}",
             str(res["fallbacks"]),
-        )
+        ]
+        if goal:
+            dist = np.asarray(res.get("goal_distances", [np.nan]))
+            row.append(f"{dist.mean():.2f} ± {dist.std():.2f}")
+        table.add_row(*row)
     console.print(table)
     console.print(f"wrote {path}")
     return path

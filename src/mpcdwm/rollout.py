@@ -16,19 +16,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from mpcdwm.envs import make_env
+from mpcdwm.envs import goal_rule, make_env
 
 Decider = Callable[[np.ndarray], tuple[np.ndarray, dict[str, float]]]
 
 
 @dataclasses.dataclass
 class EpisodeStats:
-    """What :func:`run_episodes` measured. Latencies are per env step, in ms."""
+    """What :func:`run_episodes` measured. Latencies are per env step, in ms.
+    ``goal_distances``: per episode, how far from its goal the last observation is (goal
+    envs only, :func:`mpcdwm.envs.goal_rule`; empty otherwise): a sparse success rate of 0
+    says nothing of how close a policy came, this does."""
 
     returns: list[float]
     lengths: list[int]
     latencies_ms: list[float]
     diagnostics: list[dict[str, float]]
+    goal_distances: list[float] = dataclasses.field(default_factory=list)
 
     def latency_summary(self) -> dict[str, float]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
@@ -57,6 +61,7 @@ def run_episodes(
     """
     env = make_env(env_id)
     low, high = env.action_space.low, env.action_space.high
+    rule = goal_rule(env)
     stats = EpisodeStats([], [], [], [])
     try:
         for i in range(episodes):
@@ -87,6 +92,8 @@ def run_episodes(
                 done = terminated or truncated or (max_steps is not None and length >= max_steps)
             stats.returns.append(total)
             stats.lengths.append(length)
+            if rule is not None:
+                stats.goal_distances.append(float(rule.distance(obs)))
             if progress is not None:
                 progress(i, total)
     finally:

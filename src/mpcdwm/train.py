@@ -256,7 +256,10 @@ def fit(
 
     def save(final: bool = False) -> None:
         payload = {"train": state, "key": key, "step": np.int64(step)}
-        save_checkpoint(ckpt_path, payload, {**meta, "step": step, "last": last, "done": final})
+        # target_steps: what this run was asked for, so a reader of an unfinished
+        # checkpoint can say how far it got (not part of the config: a longer rerun resumes).
+        info = {"step": step, "target_steps": steps, "last": last, "done": final}
+        save_checkpoint(ckpt_path, payload, {**meta, **info})
 
     def due(every: int, before: int, after: int) -> bool:
         # Did (before, after] cross a multiple of ``every``? Robust to chunks that do

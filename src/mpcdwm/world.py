@@ -54,7 +54,12 @@ import numpy as np
 import optax
 from rich.console import Console
 
-from mpcdwm.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
+from mpcdwm.checkpoint import (
+    CheckpointError,
+    checkpoint_file,
+    load_checkpoint,
+    training_progress,
+)
 from mpcdwm.configs import check_config
 from mpcdwm.data import Dataset, load_dataset
 from mpcdwm.envs import check_dataset_against_env
@@ -931,8 +936,7 @@ def load_world_model(run_dir_or_ckpt: str | Path, env_id: str | None = None) -> 
     saved, meta = load_checkpoint(path, template)
     if not meta.get("done", False):
         warnings.warn(
-            f"{path} is from an unfinished run (step {meta.get('step')} of "
-            f"{meta.get('steps', cfg.steps)}); "
+            f"{path} is from an unfinished run ({training_progress(meta)}); "
             "resume `mpcdwm train-world-model` with the same --out to finish it.",
             stacklevel=2,
         )

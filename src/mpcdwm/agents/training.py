@@ -189,6 +189,8 @@ def train_agent(cfg: TrainAgentConfig) -> Path:
         result = {"eval_return": float(returns.mean())}
         if dataset.ref_min_score is not None:  # no reference returns: no normalized score
             result["eval_score"] = float(dataset.normalized_score(returns).mean())
+        if stats.goal_distances:  # goal tasks: how close it ends, where success is still 0
+            result["eval_goal_distance"] = float(np.mean(stats.goal_distances))
         return result
 
     fit(
