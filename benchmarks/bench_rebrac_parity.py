@@ -50,7 +50,7 @@ from mpcdwm.data import Dataset, load_dataset
 from mpcdwm.envs import make_env
 from mpcdwm.evaluate import episode_seed
 from mpcdwm.report import mean_estimate, paired_gain
-from mpcdwm.rollout import policy_decider, run_episodes
+from mpcdwm.rollout import EpisodeStats, policy_decider, run_episodes
 from mpcdwm.train import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,7 +119,8 @@ def train_corl(
     def evaluate(train_state: dict) -> dict[str, float]:
         # The episodes train-agent's learning curve uses (its default eval_seed).
         params = train_state["actor"].params
-        returns = np.asarray(_episodes(dataset.env_id, act, params, CURVE_SEED, args.eval_episodes))
+        stats = _episodes(dataset.env_id, act, params, CURVE_SEED, args.eval_episodes)
+        returns = np.asarray(stats.returns)
         return {"eval_return": float(returns.mean()),
                 "eval_score": float(dataset.normalized_score(returns).mean())}  # fmt: skip
 
@@ -156,10 +157,9 @@ def _ours_config(args: argparse.Namespace, seed: int, out: Path) -> TrainAgentCo
     )
 
 
-def _episodes(env_id: str, act: Any, params: Any, first: int, episodes: int) -> list[float]:
-    """Returns of ``episodes`` episodes reset with seeds ``first, first + 1, ...``."""
-    stats = run_episodes(env_id, policy_decider(act, params), episodes=episodes, seed=first)
-    return stats.returns
+def _episodes(env_id: str, act: Any, params: Any, first: int, episodes: int) -> EpisodeStats:
+    """``episodes`` episodes reset with seeds ``first, first + 1, ...``."""
+    return run_episodes(env_id, policy_decider(act, params), episodes=episodes, seed=first)
 
 
 def main() -> None:
@@ -182,6 +182,7 @@ def main() -> None:
     dataset = load_dataset(str(args.dataset))
     results = args.results / args.dataset.name
     scores: dict[str, dict[int, list[float]]] = {"mpcdwm": {}, "CORL": {}}
+    distances: dict[str, dict[int, list[float]]] = {"mpcdwm": {}, "CORL": {}}  # goal tasks
     for seed in args.seeds:
         for impl in ("mpcdwm", "CORL"):
             run = args.out / args.dataset.name / impl / f"seed{seed}"
@@ -190,6 +191,8 @@ def main() -> None:
                 saved = json.loads(record.read_text())
                 if saved["steps"] == args.steps and saved["episodes"] == args.episodes:
                     scores[impl][seed] = saved["scores"]
+                    if saved.get("goal_distances"):
+                        distances[impl][seed] = saved["goal_distances"]
                     continue
             if impl == "mpcdwm":
                 train_agent(_ours_config(args, seed, run))
@@ -198,7 +201,8 @@ def main() -> None:
             else:
                 params, act = train_corl(m, args, dataset, seed, run)
             # The episode seeds `mpcdwm evaluate --seed SEED` uses.
-            returns = _episodes(dataset.env_id, act, params, episode_seed(seed, 0), args.episodes)
+            stats = _episodes(dataset.env_id, act, params, episode_seed(seed, 0), args.episodes)
+            returns = stats.returns
             score = dataset.normalized_score(np.asarray(returns)).tolist()
             scores[impl][seed] = score
             record.parent.mkdir(parents=True, exist_ok=True)
@@ -207,8 +211,11 @@ def main() -> None:
                 "batch_size": args.batch_size, "episodes": args.episodes,
                 "episode_seeds": [episode_seed(seed, i) for i in range(args.episodes)],
                 "returns": returns, "scores": score,
+                "goal_distances": stats.goal_distances,  # empty off goal tasks
             }, indent=1))  # fmt: skip
             shutil.copy(run / "metrics.jsonl", results / impl / f"seed{seed}_metrics.jsonl")
+            if stats.goal_distances:
+                distances[impl][seed] = stats.goal_distances
             print(f"  {impl} seed {seed}: {np.mean(score):.1f}", file=sys.stderr)
 
     print(f"Dataset: {args.dataset} ({dataset.name}); {args.steps} updates, batch "
@@ -228,6 +235,9 @@ def main() -> None:
         est["mpcdwm"].ci_low <= est["CORL"].ci_high
     )
     print(f"| CORL - mpcdwm (paired on episode seeds) | {diff.text(signed=True)} | |")
+    for impl, per_seed in distances.items():
+        if per_seed:  # a goal task: how far from the goal the episodes end
+            print(f"| {impl}: final distance to the goal | {mean_estimate(per_seed).text()} | |")
     print()
     print(f"CIs overlap: {'yes' if overlap else 'no'}")
 
