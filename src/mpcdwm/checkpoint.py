@@ -187,10 +187,11 @@ def load_checkpoint(
     return state, meta
 
 
-def training_progress(meta: dict[str, Any]) -> str:
-    """How far a training run's checkpoint got: "step 550000 of 1000000" (or, for a
-    checkpoint written before the target was recorded, "step 550000")."""
-    step, target = meta.get("step"), meta.get("target_steps")
+def training_progress(meta: dict[str, Any], target: int | None = None) -> str:
+    """How far a training run's checkpoint got: "step 550000 of 1000000". The target is the
+    one the checkpoint recorded, else ``target`` (what the caller knows of it, for checkpoints
+    written before targets were recorded), else left out ("step 550000")."""
+    step, target = meta.get("step"), meta.get("target_steps", target)
     return f"step {step}" if target is None else f"step {step} of {target}"
 
 

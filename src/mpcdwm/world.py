@@ -936,7 +936,7 @@ def load_world_model(run_dir_or_ckpt: str | Path, env_id: str | None = None) -> 
     saved, meta = load_checkpoint(path, template)
     if not meta.get("done", False):
         warnings.warn(
-            f"{path} is from an unfinished run ({training_progress(meta)}); "
+            f"{path} is from an unfinished run ({training_progress(meta, cfg.steps)}); "
             "resume `mpcdwm train-world-model` with the same --out to finish it.",
             stacklevel=2,
         )
