@@ -56,6 +56,13 @@ def curve(metrics: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps), np.asarray(scores)
 
 
+def seed_curves(agent_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`curve` of every ``seed*/metrics.jsonl`` under one dataset x agent folder that
+    has evaluations, in seed-folder order."""
+    runs = [curve(m) for m in sorted(agent_dir.glob("seed*/metrics.jsonl"))]
+    return [r for r in runs if len(r[0])]
+
+
 def plot_curves(results: Path) -> Path:
     import matplotlib
 
@@ -66,8 +73,7 @@ def plot_curves(results: Path) -> Path:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, name in zip(axes[0], datasets, strict=True):
         for agent_dir in sorted((results / name).iterdir()):
-            runs = [curve(m) for m in sorted(agent_dir.glob("seed*/metrics.jsonl"))]
-            runs = [r for r in runs if len(r[0])]
+            runs = seed_curves(agent_dir)
             if not runs:
                 continue
             n = min(len(s) for s, _ in runs)
@@ -119,8 +125,7 @@ def convergence_table(results: Path) -> Path:
     ]
     for dataset in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "report"):
         for agent_dir in sorted(p for p in dataset.iterdir() if p.is_dir()):
-            runs = [curve(m) for m in sorted(agent_dir.glob("seed*/metrics.jsonl"))]
-            runs = [r for r in runs if len(r[0])]
+            runs = seed_curves(agent_dir)
             if not runs:
                 continue
             budgets = {int(s[-1]) for s, _ in runs}
