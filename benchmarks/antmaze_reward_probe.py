@@ -1,4 +1,4 @@
-"""AntMaze probes for ReBRAC (issue 15): which reward; what the critic knows.
+"""AntMaze probes for ReBRAC (issue 15): which reward; what the critic knows; does it walk.
 
 Our AntMaze datasets are goal-conditioned, as Minari's are: every episode has its own goal (in
 the observation's last two columns) and reward 1 there. D4RL's files instead score every
@@ -21,6 +21,14 @@ critic know where the goal is, and do actions matter to it?
         --steps 100000 --eval-every 25000 --out runs/probe/umaze-diverse-goalcond/seed0
     python benchmarks/antmaze_reward_probe.py critic runs/agents_antmaze/antmaze-large-diverse/\\
 rebrac/seed0 data/antmaze-large-diverse-v0
+
+``walk RUN [RUN ...] --data DATASET``: how far each agent's ant walks (path length, net
+displacement, final distance to the goal) in ``--episodes`` evaluation episodes, beside the
+path the dataset's ant walks per 1000 steps. An agent that scores 0 may still walk and get lost,
+or not walk at all; the goal distance alone cannot tell the two apart in a maze.
+
+    python benchmarks/antmaze_reward_probe.py walk runs/agents_antmaze/antmaze-large-diverse/\\
+rebrac/seed0 --data data/antmaze-large-diverse-v0
 """
 
 from __future__ import annotations
@@ -99,6 +107,37 @@ def critic(run: str, data: str, samples: int) -> None:
     print("all                  | " + " | ".join(f"{k} {v.mean():.4f}" for k, v in q.items()))
 
 
+def walk(runs: list[str], data: str | None, episodes: int) -> None:
+    import jax
+
+    from mpcdwm.agents import load_agent
+    from mpcdwm.envs import make_env
+    from mpcdwm.evaluate import episode_seed
+
+    if data is not None:
+        ds = load_dataset(data)
+        xy, nxt = ds.observations[:, :2], ds.next_observations[:, :2]
+        step = np.linalg.norm(nxt - xy, axis=1)  # a row's own step: never across episodes
+        print(f"{data}: the data's ant walks {1000 * step.mean():.1f} m per 1000 steps")
+    for run in runs:
+        agent = load_agent(run)
+        env = make_env(agent.env_id)
+        act = jax.jit(agent.act)
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=episode_seed(0, episode))
+            start = prev = obs[:2].copy()
+            path, steps, done = 0.0, 0, False
+            while not done:
+                obs, _, term, trunc, _ = env.step(np.asarray(act(agent.actor_params, obs)))
+                path += float(np.linalg.norm(obs[:2] - prev))
+                prev, steps, done = obs[:2].copy(), steps + 1, term or trunc
+            net, left = np.linalg.norm(obs[:2] - start), np.linalg.norm(obs[-2:] - obs[:2])
+            print(
+                f"{run} episode {episode}: {steps} steps, path {path:.1f} m, net {net:.1f} m, "
+                f"ends {left:.1f} m from the goal"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,11 +149,17 @@ def main() -> None:
     c.add_argument("run")
     c.add_argument("data")
     c.add_argument("--samples", type=int, default=20_000)
+    w = sub.add_parser("walk", help="how far agents' ants walk, beside the dataset's ant")
+    w.add_argument("runs", nargs="+")
+    w.add_argument("--data", help="a dataset folder: its ant's path per 1000 steps")
+    w.add_argument("--episodes", type=int, default=3)
     args = p.parse_args()
     if args.command == "relabel":
         relabel(args.src, args.out, args.radius)
-    else:
+    elif args.command == "critic":
         critic(args.run, args.data, args.samples)
+    else:
+        walk(args.runs, args.data, args.episodes)
 
 
 if __name__ == "__main__":
