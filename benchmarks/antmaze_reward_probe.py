@@ -108,11 +108,9 @@ def critic(run: str, data: str, samples: int) -> None:
 
 
 def walk(runs: list[str], data: str | None, episodes: int) -> None:
-    import jax
-
     from mpcdwm.agents import load_agent
-    from mpcdwm.envs import make_env
     from mpcdwm.evaluate import episode_seed
+    from mpcdwm.rollout import policy_decider, run_episodes
 
     if data is not None:
         ds = load_dataset(data)
@@ -121,17 +119,26 @@ def walk(runs: list[str], data: str | None, episodes: int) -> None:
         print(f"{data}: the data's ant walks {1000 * step.mean():.1f} m per 1000 steps")
     for run in runs:
         agent = load_agent(run)
-        env = make_env(agent.env_id)
-        act = jax.jit(agent.act)
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=episode_seed(0, episode))
-            start = prev = obs[:2].copy()
-            path, steps, done = 0.0, 0, False
-            while not done:
-                obs, _, term, trunc, _ = env.step(np.asarray(act(agent.actor_params, obs)))
-                path += float(np.linalg.norm(obs[:2] - prev))
-                prev, steps, done = obs[:2].copy(), steps + 1, term or trunc
-            net, left = np.linalg.norm(obs[:2] - start), np.linalg.norm(obs[-2:] - obs[:2])
+        decide = policy_decider(agent.act, agent.actor_params)
+        tracks: list[list[np.ndarray]] = []  # per episode, the (x, y) of every decision
+
+        def tracked(obs: np.ndarray, decide=decide, tracks=tracks):
+            tracks[-1].append(obs[:2].copy())
+            return decide(obs)
+
+        stats = run_episodes(
+            agent.env_id,
+            tracked,
+            episodes=episodes,
+            seed=episode_seed(0),
+            on_episode_start=lambda _, tracks=tracks: tracks.append([]),
+        )
+        for episode, (track, steps, left) in enumerate(
+            zip(tracks, stats.lengths, stats.goal_distances, strict=True)
+        ):
+            xy = np.asarray(track)  # the final step's position is not decided on: left out
+            path = float(np.linalg.norm(np.diff(xy, axis=0), axis=1).sum())
+            net = float(np.linalg.norm(xy[-1] - xy[0]))
             print(
                 f"{run} episode {episode}: {steps} steps, path {path:.1f} m, net {net:.1f} m, "
                 f"ends {left:.1f} m from the goal"
