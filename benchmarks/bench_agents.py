@@ -246,8 +246,9 @@ def main() -> None:
             impls.append(bench_corl(args.corl, bs, args.chunk, data))
         time_interleaved(impls, data, args.chunk, args.repeats)
         for impl in impls:
-            if args.corl and impl is not impls[-1]:
-                # Paired by round: both chunks ran back to back under the same load.
+            if args.corl and impl["impl"] == "mpcdwm rebrac":
+                # Paired by round: both chunks ran back to back under the same load. Only ReBRAC
+                # is compared: CORL's file is ReBRAC, the other agents are other algorithms.
                 ratios = [a / b for a, b in zip(impl["rates"], impls[-1]["rates"], strict=True)]
                 impl["vs_corl"] = statistics.median(ratios)
             print(f"  {impl['impl']} batch {bs}: {impl['rate']:.0f} upd/s", file=sys.stderr)

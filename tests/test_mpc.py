@@ -234,13 +234,17 @@ def assert_same_action(planned, base) -> None:
 def test_zero_learning_rate_reproduces_base_actions(pendulum, optimizer):
     agent, world = pendulum
     cfg = dataclasses.replace(SMALL, lr=0.0, optimizer=optimizer)
-    mpc = make_planner("mpc", cfg, agent, world)
-    act = jax.jit(agent.act)
-    for obs in _real_observations(10):
-        a, diag = mpc(obs)
-        assert_same_action(a, act(agent.actor_params, obs))
-        assert diag["action_change"] == 0.0 and diag["fallback"] == 0.0
-        assert diag["imagined_return_after"] == pytest.approx(diag["imagined_return_before"])
+    # Full float32 matmuls: on an NVIDIA GPU the default is TF32, and the planner's program may
+    # fuse the actor differently than the actor alone; at TF32 the two then differ by more than
+    # float32 rounding although the parameters are the same (this test failed so on an H200).
+    with jax.default_matmul_precision("highest"):
+        mpc = make_planner("mpc", cfg, agent, world)
+        act = jax.jit(agent.act)
+        for obs in _real_observations(10):
+            a, diag = mpc(obs)
+            assert_same_action(a, act(agent.actor_params, obs))
+            assert diag["action_change"] <= 1e-6 and diag["fallback"] == 0.0
+            assert diag["imagined_return_after"] == pytest.approx(diag["imagined_return_before"])
 
 
 @pytest.mark.parametrize("name", ["mpc", "action-grad", "mppi", "dream-mpc"])

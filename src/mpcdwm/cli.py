@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--config FILE`` (YAML or TOML) sets a subcommand's defaults; flags given
     on the command line override the file.
     """
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     by_type = {cls: fn for cls, fn in COMMANDS.values()}
     args, debug = _split_debug_flag(list(sys.argv[1:] if argv is None else argv))
     debug = debug or os.environ.get("MPCDWM_DEBUG", "") not in ("", "0")

@@ -327,7 +327,7 @@ def collect(cfg: CollectConfig) -> str:
         return _collect_antmaze(cfg, dataset_id)
     if cfg.recipe != "random":
         ensure_writable_dir(cfg.agent_dir or default_agent_dir(cfg), "--agent-dir")
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     noise = TD3_ROLLOUT_NOISE if cfg.rollout_noise is None else cfg.rollout_noise
     td3 = rebrac.td3_config(batch_size=cfg.batch_size)
     d4rl = ref_scores_for(cfg.env)

@@ -219,7 +219,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     if cfg.ensemble_world_models and world is None:
         raise ValueError("--ensemble-world-models needs --world-model (the planning model).")
     ensemble = [load_world_model(d, env_id=agent.env_id) for d in cfg.ensemble_world_models]
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     agent_record = {
         "kind": agent.meta.get("agent"),
         "seed": (agent.meta.get("config") or {}).get("seed"),

@@ -548,7 +548,7 @@ def train_online(
     is known in advance; a later call with the same folder continues training.
     Returns the run (agent, replay buffer, evaluation snapshots).
     """
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     agent_dir = cfg.agent_dir or default_agent_dir(cfg)
     ckpt_path = agent_dir / CHECKPOINT_NAME
     td3 = rebrac.td3_config(batch_size=cfg.batch_size)

@@ -290,7 +290,7 @@ def run(cfg: RunConfig) -> Path:
     check_config(cfg, skip=("mpc",))
     validate_config(cfg.mpc)
     ensure_writable_dir(cfg.out, "--out")
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     effective = _to_plain(cfg)

@@ -119,7 +119,7 @@ def sweep(cfg: SweepConfig) -> Path:
     except ImportError as err:
         raise RuntimeError('mpcdwm sweep needs Ray: pip install "mpcdwm[ray]"') from err
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     spec = read_mapping_file(cfg.config, "sweep file")
     try:
         trials = expand_trials(spec)

@@ -83,7 +83,7 @@ class RunLog:
         console: Console | None = None,
     ):
         self.path = out_dir / "metrics.jsonl"
-        self._console = console or Console(stderr=True)
+        self._console = console or Console(stderr=True, soft_wrap=True)
         self._wandb = self._tb = None
         if "wandb" in backends:
             try:
@@ -211,7 +211,7 @@ def fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT_FILE
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     chunk = max(1, min(chunk, steps))
     # Evaluations and checkpoints fall due on chunk multiples (as counted from step 0).
     eval_every = _round_up(eval_every, chunk) if eval_every else 0

@@ -809,7 +809,7 @@ def train_world_model(cfg: TrainWorldModelConfig, dataset: Dataset | None = None
     # Before any work: a bad setting or an unwritable --out must not cost a training run.
     _validate_config(cfg)
     ensure_writable_dir(cfg.out, "--out")
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if dataset is None:
         with reading_dataset(cfg.dataset, DATASET_FIX):
             dataset = load_dataset(cfg.dataset, env_id=cfg.env_id, drop_invalid=cfg.drop_invalid)

@@ -192,7 +192,7 @@ def print_quality(
     results: dict[str, dict[str, Any]], console: Console | None = None, title: str = "quality"
 ) -> Table:
     """A rich table of quality reports, one column per model."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     table = Table(title=title)
     table.add_column("metric")
     for name in results:
