@@ -29,6 +29,18 @@ or not walk at all; the goal distance alone cannot tell the two apart in a maze.
 
     python benchmarks/antmaze_reward_probe.py walk runs/agents_antmaze/antmaze-large-diverse/\\
 rebrac/seed0 --data data/antmaze-large-diverse-v0
+
+``gait``: the ant that collects the data (the shipped goal-reaching ant, or ``--ant FILE``),
+driven along BFS waypoints through ``--env`` as collection does (diverse starts and goals, the
+same seeds for every setting), with each ``--noise`` std on its actions, and with the mean of
+the clipped noisy action (``--mean-of-noise``: what a perfect deterministic behaviour cloner of
+the noisy data outputs). Per setting: the pace (path per 1000 steps, mean over episodes with a
+bootstrap 95% CI), the goals reached, and how often the greedy action is saturated. A
+deterministic offline actor can at best walk like the noise-free or mean-of-noise ant, not like
+the noisy data.
+
+    python benchmarks/antmaze_reward_probe.py gait --env AntMaze_Large-v5 --noise 0 0.2 \\
+        --mean-of-noise 0.2 --steps 6000
 """
 
 from __future__ import annotations
@@ -145,6 +157,61 @@ def walk(runs: list[str], data: str | None, episodes: int) -> None:
             )
 
 
+def expected_clip(mean: np.ndarray, std: float, low: float = -1.0, high: float = 1.0) -> np.ndarray:
+    """``E[clip(mean + std * Z, low, high)]`` for ``Z ~ N(0, 1)``, elementwise (closed form)."""
+    from scipy.stats import norm
+
+    if std == 0:
+        return np.clip(mean, low, high)
+    a, b = (low - mean) / std, (high - mean) / std
+    inside = mean * (norm.cdf(b) - norm.cdf(a)) + std * (norm.pdf(a) - norm.pdf(b))
+    return low * norm.cdf(a) + high * norm.sf(b) + inside
+
+
+def gait(
+    env_id: str,
+    ant: Path | None,
+    noises: list[float],
+    means_of_noise: list[float],
+    steps: int,
+    seed: int,
+) -> None:
+    from mpcdwm.collect import shipped_ant
+    from mpcdwm.maze import collect_antmaze
+    from mpcdwm.online_td3 import load_policy_file
+    from mpcdwm.report import mean_estimate
+
+    policy, _ = load_policy_file(ant or shipped_ant(), env="mpcdwm/AntGoal-v1")
+    saturated: list[float] = []
+
+    def greedy(x: np.ndarray) -> np.ndarray:
+        action = np.asarray(policy(x))
+        saturated.append(float(np.mean(np.abs(action) >= 0.99)))
+        return action
+
+    settings = [(f"greedy + N(0, {s}) clipped" if s else "greedy", greedy, s) for s in noises]
+
+    def mean_of_noise(std: float):
+        return lambda x: expected_clip(np.asarray(policy(x)), std).astype(np.float32)
+
+    settings += [(f"E[clip(greedy + N(0, {s}))]", mean_of_noise(s), 0.0) for s in means_of_noise]
+    print(f"{env_id}, diverse starts and goals, seed {seed}, >= {steps} transitions per setting")
+    for name, pol, noise in settings:
+        d = collect_antmaze(env_id, pol, recipe="diverse", steps=steps, seed=seed, noise=noise)
+        step = np.linalg.norm(d["next_observations"][:, :2] - d["observations"][:, :2], axis=1)
+        ends = np.flatnonzero(d["terminals"] | d["truncations"])
+        starts = np.r_[0, ends[:-1] + 1]
+        paces = [1000 * step[a : b + 1].mean() for a, b in zip(starts, ends, strict=True)]
+        pace = mean_estimate({0: paces})
+        reached, magnitude = int(d["terminals"].sum()), np.abs(d["actions"]).mean()
+        print(
+            f"{name:30s} pace {pace.text()} m per 1000 steps; {reached} of {len(ends)} "
+            f"episodes reach their goal; mean |action| {magnitude:.3f}; episode paces "
+            f"min / median / max {np.min(paces):.0f} / {np.median(paces):.0f} / {np.max(paces):.0f}"
+        )
+    print(f"greedy action entries with |a| >= 0.99: {np.mean(saturated):.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -160,8 +227,17 @@ def main() -> None:
     w.add_argument("runs", nargs="+")
     w.add_argument("--data", help="a dataset folder: its ant's path per 1000 steps")
     w.add_argument("--episodes", type=int, default=3)
+    g = sub.add_parser("gait", help="the collecting ant's pace with and without action noise")
+    g.add_argument("--env", default="AntMaze_Large-v5")
+    g.add_argument("--ant", type=Path, help="a policy file (default: the shipped ant)")
+    g.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.2])
+    g.add_argument("--mean-of-noise", type=float, nargs="*", default=[0.2])
+    g.add_argument("--steps", type=int, default=6000, help="transitions per setting")
+    g.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
-    if args.command == "relabel":
+    if args.command == "gait":
+        gait(args.env, args.ant, args.noise, args.mean_of_noise, args.steps, args.seed)
+    elif args.command == "relabel":
         relabel(args.src, args.out, args.radius)
     elif args.command == "critic":
         critic(args.run, args.data, args.samples)
