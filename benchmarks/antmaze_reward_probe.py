@@ -40,7 +40,16 @@ deterministic offline actor can at best walk like the noise-free or mean-of-nois
 the noisy data.
 
     python benchmarks/antmaze_reward_probe.py gait --env AntMaze_Large-v5 --noise 0 0.2 \\
-        --mean-of-noise 0.2 --steps 6000
+        --mean-of-noise 0.2 --steps 10000
+
+``fit DATASET``: can an actor-sized MLP fit the data's actions at all, and from which inputs?
+Supervised regression only (no critic, no env): the same 3x256 MLP with a tanh output learns
+the actions from (a) the offline observation, (b) what the collecting ant saw (its 27 entries
+and the BFS waypoint in its heading's frame, recomputed from the position and the goal), (c)
+both; held-out episodes give the validation error, beside the floor (the collecting ant's own
+mean-of-noise action on the same inputs, what no deterministic actor can beat).
+
+    python benchmarks/antmaze_reward_probe.py fit data/antmaze-large-diverse-v0 --updates 20000
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from mpcdwm.data import D4RL_EVAL_CELLS, antmaze_eval_size, load_dataset
+from mpcdwm.envs import make_env
 
 DISTANCE_BINS = (0.0, 0.5, 2.0, 5.0, 10.0, 20.0, 40.0)
 
@@ -212,6 +222,109 @@ def gait(
     print(f"greedy action entries with |a| >= 0.99: {np.mean(saturated):.3f}")
 
 
+def collector_inputs(env_id: str, obs: np.ndarray) -> np.ndarray:
+    """``(rows, 29)``: the collecting ant's inputs for AntMaze observations ``(rows, 31)``: its
+    27 entries and the BFS waypoint it steered by, in its heading's frame (recomputed from the
+    position and the goal as collection picks it: the first waypoint not within half a cell)."""
+    from mpcdwm.maze import ANT_OBS_DIM, _waypoints, goal_in_heading_frame
+
+    env = make_env(env_id)
+    maze = env.unwrapped.maze
+    env.close()
+    half_cell = 0.5 * maze.maze_size_scaling
+    paths: dict[tuple[tuple[int, int], tuple[int, int]], list[np.ndarray]] = {}
+    out = np.empty((len(obs), ANT_OBS_DIM + 2), np.float32)
+    for i, row in enumerate(obs):
+        pos, goal, ant = row[:2], row[-2:], row[2 : 2 + ANT_OBS_DIM]
+        cells = tuple(tuple(int(v) for v in maze.cell_xy_to_rowcol(xy)) for xy in (pos, goal))
+        if cells not in paths:  # a few thousand (cell, goal cell) pairs for a million rows
+            paths[cells] = _waypoints(maze, *cells, np.zeros(2))[:-1]
+        waypoints = [*paths[cells], goal]
+        k = 0
+        while k < len(waypoints) - 1 and np.linalg.norm(waypoints[k] - pos) < half_cell:
+            k += 1
+        out[i] = np.r_[ant, goal_in_heading_frame(ant, waypoints[k] - pos)]
+    return out
+
+
+def regression_errors(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, updates: int
+) -> list[str]:
+    """Fit a 3x256 MLP with a tanh output to ``y`` by mean squared error (Adam 3e-4, batch 256,
+    standardised inputs); the validation error at four points of ``updates``."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from mpcdwm.nets import MLP
+
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-3
+    xt, xv = jnp.asarray((x_train - mean) / std), jnp.asarray((x_val - mean) / std)
+    yt = jnp.asarray(y_train)
+    net = MLP((256, 256, 256), y_val.shape[1])
+    opt = optax.adam(3e-4)
+
+    def loss(params, idx):
+        return jnp.mean((jnp.tanh(net.apply(params, xt[idx])) - yt[idx]) ** 2)
+
+    @jax.jit
+    def chunk(params, opt_state, key):  # 1000 updates in one compiled call
+        def one(carry, k):
+            params, opt_state = carry
+            grads = jax.grad(loss)(params, jax.random.randint(k, (256,), 0, len(yt)))
+            step, opt_state = opt.update(grads, opt_state)
+            return (optax.apply_updates(params, step), opt_state), None
+
+        keys = jax.random.split(key, 1000)
+        return jax.lax.scan(one, (params, opt_state), keys)[0]
+
+    params = net.init(jax.random.key(0), xt[:1])
+    opt_state, errors = opt.init(params), []
+    for i, key in enumerate(jax.random.split(jax.random.key(1), updates // 1000), start=1):
+        params, opt_state = chunk(params, opt_state, key)
+        if i % max(1, updates // 4000) == 0:
+            error = float(jnp.mean((jnp.tanh(net.apply(params, xv)) - y_val) ** 2))
+            errors.append(f"{i}k {error:.4f}")
+    return errors
+
+
+def fit(data: str, updates: int, rows: int) -> None:
+    from mpcdwm.collect import shipped_ant
+    from mpcdwm.online_td3 import load_policy_file
+
+    ds = load_dataset(data)
+    rng = np.random.default_rng(0)
+    starts, ends = ds.episode_bounds()
+    episodes = rng.permutation(len(starts))
+    held_out = len(starts) // 10
+
+    def rows_of(eps: np.ndarray, n: int) -> np.ndarray:
+        all_rows = np.concatenate([np.arange(starts[e], ends[e] + 1) for e in eps])
+        return rng.choice(all_rows, min(n, len(all_rows)), replace=False)
+
+    train, val = rows_of(episodes[held_out:], rows), rows_of(episodes[:held_out], rows // 10)
+    obs_t, obs_v = ds.observations[train], ds.observations[val]
+    ant_t, ant_v = collector_inputs(ds.env_id, obs_t), collector_inputs(ds.env_id, obs_v)
+    inputs = {
+        "offline observation": (obs_t, obs_v),
+        "collector's (ant + waypoint)": (ant_t, ant_v),
+        "both": (np.c_[obs_t, ant_t], np.c_[obs_v, ant_v]),
+    }
+    y_train, y_val = ds.actions[train], ds.actions[val]
+    print(
+        f"{data}: {len(train)} training rows, {len(val)} validation rows (held-out episodes); "
+        f"validation action error (MSE per action dimension) by updates, batch 256"
+    )
+    policy, _ = load_policy_file(shipped_ant(), env="mpcdwm/AntGoal-v1")
+    floor = expected_clip(np.stack([np.asarray(policy(x)) for x in ant_v]), 0.2)
+    print(
+        f"  floor (the collecting ant's mean-of-noise action): {np.mean((floor - y_val) ** 2):.4f}"
+    )
+    for name, (x_train, x_val) in inputs.items():
+        errors = regression_errors(x_train, y_train, x_val, y_val, updates)
+        print(f"  {name:30s} " + ", ".join(errors), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -234,8 +347,14 @@ def main() -> None:
     g.add_argument("--mean-of-noise", type=float, nargs="*", default=[0.2])
     g.add_argument("--steps", type=int, default=6000, help="transitions per setting")
     g.add_argument("--seed", type=int, default=7)
+    f = sub.add_parser("fit", help="how well an MLP fits the data's actions, by inputs")
+    f.add_argument("data")
+    f.add_argument("--updates", type=int, default=20_000)
+    f.add_argument("--rows", type=int, default=300_000, help="training rows sampled")
     args = p.parse_args()
-    if args.command == "gait":
+    if args.command == "fit":
+        fit(args.data, args.updates, args.rows)
+    elif args.command == "gait":
         gait(args.env, args.ant, args.noise, args.mean_of_noise, args.steps, args.seed)
     elif args.command == "relabel":
         relabel(args.src, args.out, args.radius)
