@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from mpcdwm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mpcdwm.checkpoint import PROCESS_START, CheckpointError, load_checkpoint, save_checkpoint
 from mpcdwm.nets import MLP
 from mpcdwm.train import RunLogError, fit
 
@@ -284,7 +283,8 @@ def test_checkpoint_roundtrip_and_damage(tmp_path):
 
 
 def test_save_removes_only_stale_temporaries_of_that_checkpoint(tmp_path):
-    old = time.time() - 3600
+    # Older than this process (a suite slower than an hour once made "an hour ago" too recent).
+    old = PROCESS_START - 3600
     stale = tmp_path / ".a.ckpt.x1y2_z3w.tmp"  # left by a killed write of a.ckpt
     others = [
         tmp_path / ".b.ckpt.x1y2_z3w.tmp",  # another checkpoint's
