@@ -226,24 +226,21 @@ def collector_inputs(env_id: str, obs: np.ndarray) -> np.ndarray:
     """``(rows, 29)``: the collecting ant's inputs for AntMaze observations ``(rows, 31)``: its
     27 entries and the BFS waypoint it steered by, in its heading's frame (recomputed from the
     position and the goal as collection picks it: the first waypoint not within half a cell)."""
-    from mpcdwm.maze import ANT_OBS_DIM, _waypoints, goal_in_heading_frame
+    from mpcdwm.maze import ANT_OBS_DIM, goal_in_heading_frame, next_waypoint, route_waypoints
 
     env = make_env(env_id)
     maze = env.unwrapped.maze
     env.close()
-    half_cell = 0.5 * maze.maze_size_scaling
     paths: dict[tuple[tuple[int, int], tuple[int, int]], list[np.ndarray]] = {}
     out = np.empty((len(obs), ANT_OBS_DIM + 2), np.float32)
     for i, row in enumerate(obs):
         pos, goal, ant = row[:2], row[-2:], row[2 : 2 + ANT_OBS_DIM]
         cells = tuple(tuple(int(v) for v in maze.cell_xy_to_rowcol(xy)) for xy in (pos, goal))
         if cells not in paths:  # a few thousand (cell, goal cell) pairs for a million rows
-            paths[cells] = _waypoints(maze, *cells, np.zeros(2))[:-1]
-        waypoints = [*paths[cells], goal]
-        k = 0
-        while k < len(waypoints) - 1 and np.linalg.norm(waypoints[k] - pos) < half_cell:
-            k += 1
-        out[i] = np.r_[ant, goal_in_heading_frame(ant, waypoints[k] - pos)]
+            paths[cells] = route_waypoints(maze, *cells, np.zeros(2))[:-1]
+        route = [*paths[cells], goal]
+        waypoint = route[next_waypoint(maze, route, pos)]
+        out[i] = np.r_[ant, goal_in_heading_frame(ant, waypoint - pos)]
     return out
 
 

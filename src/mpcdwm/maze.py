@@ -289,16 +289,25 @@ def collect_pointmaze(
         obs, _ = env.reset(seed=seed + ep)
         ep += 1
         start, goal = (tuple(maze.cell_xy_to_rowcol(xy)) for xy in (obs[2:4], obs[6:8]))
-        _drive_episode(env, obs, _waypoints(maze, start, goal, obs[6:8]), act, rows)
+        _drive_episode(env, obs, route_waypoints(maze, start, goal, obs[6:8]), act, rows)
     env.close()
     return _as_transitions(rows)
 
 
-def _waypoints(maze: Any, start: Cell, goal: Cell, goal_xy: np.ndarray) -> list[np.ndarray]:
+def route_waypoints(maze: Any, start: Cell, goal: Cell, goal_xy: np.ndarray) -> list[np.ndarray]:
     """Centres of the BFS path's cells between ``start`` and ``goal``, then the goal itself."""
     path = bfs_path(maze.maze_map, start, goal)
     inner = [np.asarray(maze.cell_rowcol_to_xy(np.array(c)), np.float64) for c in path[1:-1]]
     return [*inner, goal_xy]
+
+
+def next_waypoint(maze: Any, waypoints: list[np.ndarray], position: np.ndarray, k: int = 0) -> int:
+    """Index of the waypoint to head for: from ``k`` on, the first not within half a cell of
+    ``position`` (the last, the goal, is never passed)."""
+    half_cell = 0.5 * maze.maze_size_scaling
+    while k < len(waypoints) - 1 and np.linalg.norm(waypoints[k] - position) < half_cell:
+        k += 1
+    return k
 
 
 def _drive_episode(
@@ -314,11 +323,9 @@ def _drive_episode(
     first waypoint not yet passed (within half a cell of the position ``obs[:2]``, the
     achieved goal of both mazes) until the env ends the episode, or until ``stuck(obs)`` has
     held for ``patience`` steps in a row (the episode is then truncated there)."""
-    half_cell = 0.5 * env.unwrapped.maze.maze_size_scaling
     k, done, stuck_for = 0, False, 0
     while not done:
-        while k < len(waypoints) - 1 and np.linalg.norm(waypoints[k] - obs[:2]) < half_cell:
-            k += 1
+        k = next_waypoint(env.unwrapped.maze, waypoints, obs[:2], k)
         action = act(obs, waypoints[k])
         nxt, reward, term, trunc, _ = env.step(action)
         stuck_for = stuck_for + 1 if stuck is not None and stuck(nxt) else 0
@@ -530,9 +537,9 @@ def collect_antmaze(
         options = {"reset_cell": np.array(start), "goal_cell": np.array(goal)}
         obs, _ = env.reset(seed=seed + ep, options=options)
         ep += 1
-        waypoints = _waypoints(maze, start, goal, obs[-2:])
+        route = route_waypoints(maze, start, goal, obs[-2:])
         stuck = None if flip_patience is None else ant_on_its_back
-        _drive_episode(env, obs, waypoints, act, rows, stuck, flip_patience or 0)
+        _drive_episode(env, obs, route, act, rows, stuck, flip_patience or 0)
     env.close()
     return _as_transitions(rows)
 
