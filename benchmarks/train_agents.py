@@ -9,8 +9,9 @@ finished run is skipped, so the command can be re-run with more seeds or a large
 Into ``--results`` (default ``benchmarks/results/agents_d4rl``) it copies each run's
 ``metrics.jsonl`` and ``eval.json`` (never checkpoints), draws ``curves.png`` (normalized
 score vs updates, mean over seeds), writes ``convergence.md`` (is each curve still rising at
-the end of its budget? see :func:`convergence_table`) and ``report/`` (``mpcdwm report``: final
-scores, bootstrap 95% CIs over seeds x episodes).
+the end of its budget? see :func:`convergence_table`), ``scores.md`` (final scores per
+dataset x agent beside CORL's published ones, :func:`scores_table`) and ``report/``
+(``mpcdwm report``: final scores, bootstrap 95% CIs over seeds x episodes).
 
     python benchmarks/make_datasets.py
     python benchmarks/train_agents.py data/hopper-medium-v0 data/halfcheetah-medium-v0 \\
@@ -32,7 +33,7 @@ from mpcdwm.agents import TrainAgentConfig, train_agent
 from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.pipeline import evaluation_is_current
-from mpcdwm.report import ReportConfig, bootstrap_ci, report
+from mpcdwm.report import Estimate, ReportConfig, bootstrap_ci, mean_estimate, report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "agents_d4rl"
 
@@ -115,40 +116,57 @@ def late_change(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float
     return float(late.mean() - middle.mean()), lo, hi, min(late.size, middle.size)
 
 
+def finished_curves(agent_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`seed_curves` of the seeds at the largest budget (a run still training, or one
+    left at a smaller budget, is not compared with finished ones)."""
+    runs = seed_curves(agent_dir)
+    if runs:
+        top = max(int(s[-1]) for s, _ in runs)
+        runs = [r for r in runs if int(r[0][-1]) == top]
+    return runs
+
+
+def verdict(change: float, lo: float, hi: float) -> str:
+    """Read :func:`late_change`: rising / falling / flat, or too few evaluations."""
+    if not np.isfinite(change):
+        return "too few evaluations"
+    if lo > 0 and hi < 2:  # noise-level rise: scores are read to ~1 point
+        return "rising by < 2 points"
+    if lo > 0:
+        return "**still rising**"
+    if hi < 0:
+        return "falling"
+    return "flat"
+
+
+def _agent_dirs(results: Path) -> list[tuple[str, Path]]:
+    """(dataset name, agent folder) under a results folder, sorted."""
+    return [
+        (dataset.name, agent_dir)
+        for dataset in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "report")
+        for agent_dir in sorted(p for p in dataset.iterdir() if p.is_dir())
+    ]
+
+
 def convergence_table(results: Path) -> Path:
     """``convergence.md``: per dataset x agent, the budget, the last evaluation (mean over
-    seeds), and :func:`late_change` with its verdict (rising / falling / flat)."""
+    seeds), and :func:`late_change` with its :func:`verdict`."""
     rows = [
         "| dataset | agent | seeds | updates | last evaluation | last third - middle third "
         "[95% CI] | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
-    for dataset in sorted(p for p in results.iterdir() if p.is_dir() and p.name != "report"):
-        for agent_dir in sorted(p for p in dataset.iterdir() if p.is_dir()):
-            runs = seed_curves(agent_dir)
-            if not runs:
-                continue
-            budgets = {int(s[-1]) for s, _ in runs}
-            if len(budgets) > 1:  # a run still training: compare only finished budgets
-                top = max(budgets)
-                runs = [r for r in runs if int(r[0][-1]) == top]
-            change, lo, hi, n = late_change(runs)
-            if not np.isfinite(change):
-                verdict = "too few evaluations"
-            elif lo > 0 and hi < 2:  # noise-level rise: scores are read to ~1 point
-                verdict = "rising by < 2 points"
-            elif lo > 0:
-                verdict = "**still rising**"
-            elif hi < 0:
-                verdict = "falling"
-            else:
-                verdict = "flat"
-            last = np.mean([sc[-1] for _, sc in runs])
-            rows.append(
-                f"| {dataset.name} | {agent_dir.name} | {len(runs)} | {int(runs[0][0][-1]):,} | "
-                f"{last:.1f} | {change:+.1f} [{lo:+.1f}, {hi:+.1f}] (n = {n} per third) | "
-                f"{verdict} |"
-            )
+    for dataset, agent_dir in _agent_dirs(results):
+        runs = finished_curves(agent_dir)
+        if not runs:
+            continue
+        change, lo, hi, n = late_change(runs)
+        last = np.mean([sc[-1] for _, sc in runs])
+        rows.append(
+            f"| {dataset} | {agent_dir.name} | {len(runs)} | {int(runs[0][0][-1]):,} | "
+            f"{last:.1f} | {change:+.1f} [{lo:+.1f}, {hi:+.1f}] (n = {n} per third) | "
+            f"{verdict(change, lo, hi)} |"
+        )
     path = results / "convergence.md"
     path.write_text(
         "# Are the base agents converged at their budget?\n\n"
@@ -157,6 +175,115 @@ def convergence_table(results: Path) -> Path:
         "mean over the middle third, with a percentile-bootstrap 95% CI (evaluations resampled "
         "within each third). *Still rising* (CI above 0): the budget is not shown to converge. "
         "Written by `benchmarks/train_agents.py`.\n\n" + "\n".join(rows) + "\n"
+    )
+    return path
+
+
+# CORL's reproduced D4RL scores, for reference only: different data (D4RL's -v2 datasets, made
+# by other policies) and budget (1M updates; ReBRAC at batch 1024). "Last Scores", Gym-MuJoCo
+# table of the CORL README (github.com/corl-team/CORL, commit eeeeef2): mean +- std over seeds.
+# CORL publishes no scores for the -expert datasets.
+CORL_LAST_SCORES: dict[str, dict[str, str]] = {
+    "halfcheetah-medium": {"rebrac": "64.0 ± 0.7", "iql": "48.3 ± 0.2", "td3bc": "48.1 ± 0.2"},
+    "halfcheetah-medium-replay": {
+        "rebrac": "51.2 ± 0.3",
+        "iql": "44.5 ± 0.2",
+        "td3bc": "44.8 ± 0.6",
+    },
+    "halfcheetah-medium-expert": {
+        "rebrac": "103.8 ± 3.0",
+        "iql": "94.7 ± 0.5",
+        "td3bc": "90.8 ± 6.0",
+    },
+    "hopper-medium": {"rebrac": "102.3 ± 0.2", "iql": "67.5 ± 3.8", "td3bc": "60.4 ± 3.5"},
+    "hopper-medium-replay": {"rebrac": "95.0 ± 6.5", "iql": "97.4 ± 6.4", "td3bc": "64.4 ± 21.5"},
+    "hopper-medium-expert": {
+        "rebrac": "109.5 ± 2.3",
+        "iql": "107.4 ± 7.8",
+        "td3bc": "101.2 ± 9.1",
+    },
+    "walker2d-medium": {"rebrac": "85.8 ± 0.8", "iql": "80.9 ± 3.2", "td3bc": "82.7 ± 4.8"},
+    "walker2d-medium-replay": {
+        "rebrac": "84.3 ± 2.3",
+        "iql": "82.2 ± 3.0",
+        "td3bc": "85.6 ± 4.0",
+    },
+    "walker2d-medium-expert": {
+        "rebrac": "111.9 ± 0.4",
+        "iql": "111.7 ± 0.9",
+        "td3bc": "110.0 ± 0.4",
+    },
+}
+
+
+def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int] | None:
+    """Final-evaluation normalized score of the seeds at the largest budget: (mean with its
+    bootstrap CI over seeds x episodes, updates, batch size), or None without eval files."""
+    runs: dict[int, tuple[int, int, list[float]]] = {}
+    for eval_file in sorted(agent_dir.glob("seed*/eval.json")):
+        data = json.loads(eval_file.read_text())
+        agent = data["agent"]
+        scores = data["planners"]["none"]["normalized_scores"]
+        runs[int(agent["seed"])] = (int(agent["steps"]), int(agent["config"]["batch_size"]), scores)
+    if not runs:
+        return None
+    top = max(steps for steps, _, _ in runs.values())
+    kept = {seed: r for seed, r in runs.items() if r[0] == top}
+    batches = {batch for _, batch, _ in kept.values()}
+    estimate = mean_estimate({seed: scores for seed, (_, _, scores) in kept.items()})
+    return estimate, top, batches.pop() if len(batches) == 1 else -1
+
+
+def scores_table(results: Path, datasets: Path = RESULTS.parent / "datasets") -> Path:
+    """``scores.md``: one row per dataset, one column per agent: the final score with its
+    bootstrap CI (n = seeds x episodes), the budget, and the curve's :func:`verdict` when it is
+    not flat; beside them the data's own normalized return (from ``datasets/<name>.json``) and
+    CORL's published D4RL scores of the same name (reference only)."""
+    cells: dict[str, dict[str, str]] = {}
+    agents: list[str] = []
+    for dataset, agent_dir in _agent_dirs(results):
+        found = final_estimate(agent_dir)
+        if found is None:
+            continue
+        estimate, steps, batch = found
+        cell = f"{estimate.text()}, {steps // 1000}k x {batch if batch > 0 else 'mixed'}"
+        runs = finished_curves(agent_dir)
+        said = verdict(*late_change(runs)[:3]) if runs else "flat"
+        if said not in ("flat", "rising by < 2 points"):
+            cell += f", {said.strip('*')}"
+        cells.setdefault(dataset, {})[agent_dir.name] = cell
+        if agent_dir.name not in agents:
+            agents.append(agent_dir.name)
+    order = [a for a in ("rebrac", "iql", "td3bc") if a in agents] + sorted(
+        a for a in agents if a not in ("rebrac", "iql", "td3bc")
+    )
+    rows = [
+        f"| dataset | data | {' | '.join(order)} | CORL, D4RL -v2 ({' / '.join(order)}) |",
+        "|---" * (len(order) + 3) + "|",
+    ]
+    for dataset in sorted(cells):
+        summary = datasets / f"{dataset}.json"
+        data = (
+            f"{json.loads(summary.read_text())['mean_normalized']:.1f}" if summary.exists() else "-"
+        )
+        corl = CORL_LAST_SCORES.get(dataset, {})
+        rows.append(
+            f"| {dataset} | {data} | "
+            + " | ".join(cells[dataset].get(a, "-") for a in order)
+            + " | "
+            + (" / ".join(corl.get(a, "-") for a in order) if corl else "-")
+            + " |"
+        )
+    path = results / "scores.md"
+    path.write_text(
+        "# Base agents: final scores\n\n"
+        "Normalized score of the final policy (`mpcdwm evaluate --planner none`), mean [bootstrap "
+        "95% CI] over seeds x episodes pooled (episode seeds shared by every agent), then the "
+        "budget (updates x batch) of the seeds at the largest budget; *still rising* / *falling* "
+        "is `convergence.md`'s verdict on the training curve. *data*: the dataset's own mean "
+        "normalized return. Last column, for reference only: CORL's reproduced scores on D4RL's "
+        "datasets of the same name (other data, 1M updates), mean ± std over seeds. Written by "
+        "`benchmarks/train_agents.py`.\n\n" + "\n".join(rows) + "\n"
     )
     return path
 
@@ -231,6 +358,7 @@ def main() -> None:
                 )
     print(f"curves: {plot_curves(args.results)}")
     print(f"convergence: {convergence_table(args.results)}")
+    print(f"scores: {scores_table(args.results)}")
     report(ReportConfig(runs=(args.results,), out=args.results / "report"))
 
 
