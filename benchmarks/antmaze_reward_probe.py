@@ -50,16 +50,29 @@ both; held-out episodes give the validation error, beside the floor (the collect
 mean-of-noise action on the same inputs, what no deterministic actor can beat).
 
     python benchmarks/antmaze_reward_probe.py fit data/antmaze-large-diverse-v0 --updates 20000
+
+``clone DATASET``: does a good fit walk? The same MLP regressed on the collecting ant's own
+inputs (b above), then driven in its place through the maze as ``gait`` drives the ant (no
+noise, the same seeds), at each of ``--updates``: the clone's validation error beside its pace
+and goals. Compare with ``gait``'s greedy and mean-of-noise ant: if the clone walks, the gait is
+learnable from the data and the offline actors' trouble is their inputs and training; if it
+does not, errors of this size break the gait in closed loop. ``--inputs offline``: regressed on
+the offline observation (a above) instead, and walked as ``walk`` walks an agent (the
+evaluation task, ``--episodes`` episodes): plain imitation from what the offline agent sees.
+
+    python benchmarks/antmaze_reward_probe.py clone data/antmaze-large-diverse-v0 \\
+        --updates 20000 60000
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mpcdwm.data import D4RL_EVAL_CELLS, antmaze_eval_size, load_dataset
+from mpcdwm.data import D4RL_EVAL_CELLS, Dataset, antmaze_eval_size, load_dataset
 from mpcdwm.envs import make_env
 
 DISTANCE_BINS = (0.0, 0.5, 2.0, 5.0, 10.0, 20.0, 40.0)
@@ -131,8 +144,7 @@ def critic(run: str, data: str, samples: int) -> None:
 
 def walk(runs: list[str], data: str | None, episodes: int) -> None:
     from mpcdwm.agents import load_agent
-    from mpcdwm.evaluate import episode_seed
-    from mpcdwm.rollout import policy_decider, run_episodes
+    from mpcdwm.rollout import policy_decider
 
     if data is not None:
         ds = load_dataset(data)
@@ -141,30 +153,44 @@ def walk(runs: list[str], data: str | None, episodes: int) -> None:
         print(f"{data}: the data's ant walks {1000 * step.mean():.1f} m per 1000 steps")
     for run in runs:
         agent = load_agent(run)
-        decide = policy_decider(agent.act, agent.actor_params)
-        tracks: list[list[np.ndarray]] = []  # per episode, the (x, y) of every decision
+        walk_policy(run, agent.env_id, policy_decider(agent.act, agent.actor_params), episodes)
 
-        def tracked(obs: np.ndarray, decide=decide, tracks=tracks):
-            tracks[-1].append(obs[:2].copy())
-            return decide(obs)
 
-        stats = run_episodes(
-            agent.env_id,
-            tracked,
-            episodes=episodes,
-            seed=episode_seed(0),
-            on_episode_start=lambda _, tracks=tracks: tracks.append([]),
+def walk_policy(
+    label: str,
+    env_id: str,
+    decide: Callable[[np.ndarray], tuple[np.ndarray, dict[str, float]]],
+    episodes: int,
+) -> None:
+    """Run ``decide`` (a :mod:`mpcdwm.rollout` decider: observation -> (action, diagnostics))
+    for ``episodes`` evaluation episodes of ``env_id`` (the evaluation's episode seeds) and
+    print each episode's path, net displacement and final distance to the goal."""
+    from mpcdwm.evaluate import episode_seed
+    from mpcdwm.rollout import run_episodes
+
+    tracks: list[list[np.ndarray]] = []  # per episode, the (x, y) of every decision
+
+    def tracked(obs: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        tracks[-1].append(obs[:2].copy())
+        return decide(obs)
+
+    stats = run_episodes(
+        env_id,
+        tracked,
+        episodes=episodes,
+        seed=episode_seed(0),
+        on_episode_start=lambda _: tracks.append([]),
+    )
+    for episode, (track, steps, left) in enumerate(
+        zip(tracks, stats.lengths, stats.goal_distances, strict=True)
+    ):
+        xy = np.asarray(track)  # the final step's position is not decided on: left out
+        path = float(np.linalg.norm(np.diff(xy, axis=0), axis=1).sum())
+        net = float(np.linalg.norm(xy[-1] - xy[0]))
+        print(
+            f"{label} episode {episode}: {steps} steps, path {path:.1f} m, net {net:.1f} m, "
+            f"ends {left:.1f} m from the goal"
         )
-        for episode, (track, steps, left) in enumerate(
-            zip(tracks, stats.lengths, stats.goal_distances, strict=True)
-        ):
-            xy = np.asarray(track)  # the final step's position is not decided on: left out
-            path = float(np.linalg.norm(np.diff(xy, axis=0), axis=1).sum())
-            net = float(np.linalg.norm(xy[-1] - xy[0]))
-            print(
-                f"{run} episode {episode}: {steps} steps, path {path:.1f} m, net {net:.1f} m, "
-                f"ends {left:.1f} m from the goal"
-            )
 
 
 def expected_clip(mean: np.ndarray, std: float, low: float = -1.0, high: float = 1.0) -> np.ndarray:
@@ -187,9 +213,7 @@ def gait(
     seed: int,
 ) -> None:
     from mpcdwm.collect import shipped_ant
-    from mpcdwm.maze import collect_antmaze
     from mpcdwm.online_td3 import load_policy_file
-    from mpcdwm.report import mean_estimate
 
     policy, _ = load_policy_file(ant or shipped_ant(), env="mpcdwm/AntGoal-v1")
     saturated: list[float] = []
@@ -207,19 +231,37 @@ def gait(
     settings += [(f"E[clip(greedy + N(0, {s}))]", mean_of_noise(s), 0.0) for s in means_of_noise]
     print(f"{env_id}, diverse starts and goals, seed {seed}, >= {steps} transitions per setting")
     for name, pol, noise in settings:
-        d = collect_antmaze(env_id, pol, recipe="diverse", steps=steps, seed=seed, noise=noise)
-        step = np.linalg.norm(d["next_observations"][:, :2] - d["observations"][:, :2], axis=1)
-        ends = np.flatnonzero(d["terminals"] | d["truncations"])
-        starts = np.r_[0, ends[:-1] + 1]
-        paces = [1000 * step[a : b + 1].mean() for a, b in zip(starts, ends, strict=True)]
-        pace = mean_estimate({0: paces})
-        reached, magnitude = int(d["terminals"].sum()), np.abs(d["actions"]).mean()
-        print(
-            f"{name:30s} pace {pace.text()} m per 1000 steps; {reached} of {len(ends)} "
-            f"episodes reach their goal; mean |action| {magnitude:.3f}; episode paces "
-            f"min / median / max {np.min(paces):.0f} / {np.median(paces):.0f} / {np.max(paces):.0f}"
-        )
+        print(drive(name, env_id, pol, steps, seed, noise), flush=True)
     print(f"greedy action entries with |a| >= 0.99: {np.mean(saturated):.3f}")
+
+
+def drive(
+    name: str,
+    env_id: str,
+    policy: Callable[[np.ndarray], np.ndarray],
+    steps: int,
+    seed: int,
+    noise: float = 0.0,
+) -> str:
+    """Drive ``policy`` (the collecting ant's inputs -> action) along BFS waypoints through
+    ``env_id`` as collection does (diverse starts and goals), at least ``steps`` transitions;
+    one line: its pace (path per 1000 steps, mean over episodes, bootstrap 95% CI), the goals
+    reached, the mean action magnitude and the spread of the episodes' paces."""
+    from mpcdwm.maze import collect_antmaze
+    from mpcdwm.report import mean_estimate
+
+    d = collect_antmaze(env_id, policy, recipe="diverse", steps=steps, seed=seed, noise=noise)
+    step = np.linalg.norm(d["next_observations"][:, :2] - d["observations"][:, :2], axis=1)
+    ends = np.flatnonzero(d["terminals"] | d["truncations"])
+    starts = np.r_[0, ends[:-1] + 1]
+    paces = [1000 * step[a : b + 1].mean() for a, b in zip(starts, ends, strict=True)]
+    pace = mean_estimate({0: paces})
+    reached, magnitude = int(d["terminals"].sum()), np.abs(d["actions"]).mean()
+    return (
+        f"{name:30s} pace {pace.text()} m per 1000 steps; {reached} of {len(ends)} "
+        f"episodes reach their goal; mean |action| {magnitude:.3f}; episode paces "
+        f"min / median / max {np.min(paces):.0f} / {np.median(paces):.0f} / {np.max(paces):.0f}"
+    )
 
 
 def collector_inputs(env_id: str, obs: np.ndarray) -> np.ndarray:
@@ -244,11 +286,16 @@ def collector_inputs(env_id: str, obs: np.ndarray) -> np.ndarray:
     return out
 
 
-def regression_errors(
-    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, updates: int
-) -> list[str]:
+def train_mlp(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    checkpoints: list[int],
+) -> Iterator[tuple[int, float, Callable[[np.ndarray], np.ndarray]]]:
     """Fit a 3x256 MLP with a tanh output to ``y`` by mean squared error (Adam 3e-4, batch 256,
-    standardised inputs); the validation error at four points of ``updates``."""
+    standardised inputs). At each of ``checkpoints`` (updates, multiples of 1000) yields
+    (updates, validation error, the fitted function: ``(in_dim,) -> (out_dim,)`` array)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -275,20 +322,35 @@ def regression_errors(
         keys = jax.random.split(key, 1000)
         return jax.lax.scan(one, (params, opt_state), keys)[0]
 
+    @jax.jit
+    def act(params, x):
+        return jnp.tanh(net.apply(params, (x - mean) / std))
+
     params = net.init(jax.random.key(0), xt[:1])
-    opt_state, errors = opt.init(params), []
-    for i, key in enumerate(jax.random.split(jax.random.key(1), updates // 1000), start=1):
+    opt_state = opt.init(params)
+    keys = jax.random.split(jax.random.key(1), max(checkpoints) // 1000)
+    for i, key in enumerate(keys, start=1):
         params, opt_state = chunk(params, opt_state, key)
-        if i % max(1, updates // 4000) == 0:
+        if i * 1000 in checkpoints:
             error = float(jnp.mean((jnp.tanh(net.apply(params, xv)) - y_val) ** 2))
-            errors.append(f"{i}k {error:.4f}")
-    return errors
+            fitted = params
+            yield i * 1000, error, lambda x, p=fitted: np.asarray(act(p, x), np.float32)
 
 
-def fit(data: str, updates: int, rows: int) -> None:
-    from mpcdwm.collect import shipped_ant
-    from mpcdwm.online_td3 import load_policy_file
+def regression_errors(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, updates: int
+) -> list[str]:
+    """:func:`train_mlp`'s validation error at four points of ``updates``."""
+    points = [updates * k // 4 // 1000 * 1000 for k in range(1, 5)]
+    return [
+        f"{n // 1000}k {error:.4f}"
+        for n, error, _ in train_mlp(x_train, y_train, x_val, y_val, sorted(set(points) - {0}))
+    ]
 
+
+def split_rows(data: str, rows: int) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """The dataset, ``rows`` training rows and ``rows // 10`` validation rows, sampled from
+    disjoint episodes (a tenth of the episodes held out)."""
     ds = load_dataset(data)
     rng = np.random.default_rng(0)
     starts, ends = ds.episode_bounds()
@@ -299,7 +361,14 @@ def fit(data: str, updates: int, rows: int) -> None:
         all_rows = np.concatenate([np.arange(starts[e], ends[e] + 1) for e in eps])
         return rng.choice(all_rows, min(n, len(all_rows)), replace=False)
 
-    train, val = rows_of(episodes[held_out:], rows), rows_of(episodes[:held_out], rows // 10)
+    return ds, rows_of(episodes[held_out:], rows), rows_of(episodes[:held_out], rows // 10)
+
+
+def fit(data: str, updates: int, rows: int) -> None:
+    from mpcdwm.collect import shipped_ant
+    from mpcdwm.online_td3 import load_policy_file
+
+    ds, train, val = split_rows(data, rows)
     obs_t, obs_v = ds.observations[train], ds.observations[val]
     ant_t, ant_v = collector_inputs(ds.env_id, obs_t), collector_inputs(ds.env_id, obs_v)
     inputs = {
@@ -320,6 +389,36 @@ def fit(data: str, updates: int, rows: int) -> None:
     for name, (x_train, x_val) in inputs.items():
         errors = regression_errors(x_train, y_train, x_val, y_val, updates)
         print(f"  {name:30s} " + ", ".join(errors), flush=True)
+
+
+def clone(
+    data: str, inputs: str, checkpoints: list[int], rows: int, steps: int, seed: int, episodes: int
+) -> None:
+    """Clone the data's ant from ``inputs`` ("collector": its own inputs, ant + waypoint,
+    driven like the ant; "offline": the offline observation, walked in the evaluation task)."""
+    ds, train, val = split_rows(data, rows)
+    if inputs == "collector":
+        x_train = collector_inputs(ds.env_id, ds.observations[train])
+        x_val = collector_inputs(ds.env_id, ds.observations[val])
+    else:
+        x_train, x_val = ds.observations[train], ds.observations[val]
+    maze = f"AntMaze_{antmaze_eval_size(ds.env_id)}-v5"  # the maze, not its evaluation task
+    print(
+        f"{data}: an MLP cloned from {len(train)} rows of the {inputs} inputs, "
+        + (
+            f"driven through {maze} (diverse starts and goals, seed {seed}, >= {steps} "
+            "transitions, no noise)"
+            if inputs == "collector"
+            else f"walked in {ds.env_id} ({episodes} evaluation episodes)"
+        )
+    )
+    fits = train_mlp(x_train, ds.actions[train], x_val, ds.actions[val], checkpoints)
+    for n, error, policy in fits:
+        label = f"clone at {n // 1000}k (val MSE {error:.4f})"
+        if inputs == "collector":
+            print(drive(label, maze, policy, steps, seed), flush=True)
+        else:
+            walk_policy(label, ds.env_id, lambda obs, p=policy: (p(obs), {}), episodes)
 
 
 def main() -> None:
@@ -348,8 +447,18 @@ def main() -> None:
     f.add_argument("data")
     f.add_argument("--updates", type=int, default=20_000)
     f.add_argument("--rows", type=int, default=300_000, help="training rows sampled")
+    k = sub.add_parser("clone", help="clone the data's ant from its own inputs; drive the clone")
+    k.add_argument("data")
+    k.add_argument("--inputs", choices=["collector", "offline"], default="collector")
+    k.add_argument("--episodes", type=int, default=5, help="evaluation episodes (offline)")
+    k.add_argument("--updates", type=int, nargs="+", default=[20_000, 60_000])
+    k.add_argument("--rows", type=int, default=300_000, help="training rows sampled")
+    k.add_argument("--steps", type=int, default=10_000, help="transitions driven per clone")
+    k.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
-    if args.command == "fit":
+    if args.command == "clone":
+        clone(args.data, args.inputs, args.updates, args.rows, args.steps, args.seed, args.episodes)
+    elif args.command == "fit":
         fit(args.data, args.updates, args.rows)
     elif args.command == "gait":
         gait(args.env, args.ant, args.noise, args.mean_of_noise, args.steps, args.seed)
