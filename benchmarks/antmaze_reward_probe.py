@@ -396,6 +396,9 @@ def clone(
 ) -> None:
     """Clone the data's ant from ``inputs`` ("collector": its own inputs, ant + waypoint,
     driven like the ant; "offline": the offline observation, walked in the evaluation task)."""
+    # Before the data and the waypoints (minutes on 1M rows): train_mlp stops every 1000.
+    if not checkpoints or any(n < 1000 or n % 1000 for n in checkpoints):
+        raise ValueError(f"clone --updates must be positive multiples of 1000, got {checkpoints}")
     ds, train, val = split_rows(data, rows)
     if inputs == "collector":
         x_train = collector_inputs(ds.env_id, ds.observations[train])

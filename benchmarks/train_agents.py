@@ -216,9 +216,10 @@ CORL_LAST_SCORES: dict[str, dict[str, str]] = {
 }
 
 
-def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int] | None:
+def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int | None] | None:
     """Final-evaluation normalized score of the seeds at the largest budget: (mean with its
-    bootstrap CI over seeds x episodes, updates, batch size), or None without eval files."""
+    bootstrap CI over seeds x episodes, updates, batch size or None when the seeds' batches
+    differ), or None without eval files."""
     runs: dict[int, tuple[int, int, list[float]]] = {}
     for eval_file in sorted(agent_dir.glob("seed*/eval.json")):
         data = json.loads(eval_file.read_text())
@@ -231,7 +232,7 @@ def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int] | None:
     kept = {seed: r for seed, r in runs.items() if r[0] == top}
     batches = {batch for _, batch, _ in kept.values()}
     estimate = mean_estimate({seed: scores for seed, (_, _, scores) in kept.items()})
-    return estimate, top, batches.pop() if len(batches) == 1 else -1
+    return estimate, top, batches.pop() if len(batches) == 1 else None
 
 
 def scores_table(results: Path, datasets: Path = RESULTS.parent / "datasets") -> Path:
@@ -246,7 +247,7 @@ def scores_table(results: Path, datasets: Path = RESULTS.parent / "datasets") ->
         if found is None:
             continue
         estimate, steps, batch = found
-        cell = f"{estimate.text()}, {steps // 1000}k x {batch if batch > 0 else 'mixed'}"
+        cell = f"{estimate.text()}, {steps // 1000}k x {batch or 'mixed'}"
         runs = finished_curves(agent_dir)
         said = verdict(*late_change(runs)[:3]) if runs else "flat"
         if said not in ("flat", "rising by < 2 points"):
