@@ -11,6 +11,13 @@ For each env (HalfCheetah-v5, Hopper-v5, Walker2d-v5) and recipe, in this order:
   best-evaluated snapshots over 20 fresh episodes with the recording's noise
   (``CollectConfig.expert_candidates``), then recorded.
 
+The medium and expert policies are kept as policy files in ``--policies`` (default
+``benchmarks/policies/<env>-<recipe>-seed<seed>.ckpt``, ~300 KB each, committed): where one is
+there, medium / expert / medium-expert record it (``mpcdwm collect --policy``, the same
+transitions) instead of training TD3 for up to an hour or two, so a fresh machine remakes
+them in minutes; where none is, the trained recipe writes it (``--save-policy``).
+medium-replay always trains TD3 to the medium point (it is that run's replay buffer).
+
 Datasets land in ``OUT/<env>-<recipe>-v0`` (Minari folders). A dataset whose folder already
 exists is skipped, so the command resumes; the online agent resumes from its checkpoint in
 ``$MPCDWM_CACHE`` (default ~/.cache/mpcdwm). Per dataset, a summary (transitions, episodes,
@@ -58,6 +65,8 @@ MAZES = ("UMaze", "Medium", "Large")
 # tasks. Part of the ant's checkpoint identity (a run resumes only with the same value).
 ANT_START_STEPS = 25_000
 RESULTS = Path(__file__).resolve().parent / "results" / "datasets"
+POLICIES = Path(__file__).resolve().parent / "policies"
+RECORDED = ("medium", "expert")  # the recipes whose policy is kept as a file
 # D4RL v2 datasets of the same name (normalized mean return of their episodes), for reference.
 D4RL_REFERENCE = {
     "halfcheetah-medium": 40.7,
@@ -109,6 +118,7 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig, command
         "mpcdwm_expert_return",
         "mpcdwm_expert_env_steps",
         "mpcdwm_low_level_env_steps",
+        "mpcdwm_policy_files",
         "mpcdwm_command",
     ):
         if key in meta:
@@ -166,6 +176,20 @@ def make(folder: Path, name: str, cfg: CollectConfig, command: str) -> None:
     print(f"[make_datasets] {json.dumps(row)}", flush=True)
 
 
+def policy_files(policies: Path, env: str, recipe: str, seed: int) -> dict[str, object]:
+    """``CollectConfig`` fields for the policy files of ``env``'s medium and expert recipes:
+    record the files that exist (``policy``), or save the one a trained recipe records
+    (``save_policy``)."""
+    path = {r: (policies / f"{family(env)}-{r}-seed{seed}.ckpt").resolve() for r in RECORDED}
+    if recipe in ("medium", "expert"):
+        if path[recipe].is_file():
+            return {"policy": (path[recipe],)}
+        return {"save_policy": path[recipe]}
+    if recipe == "medium-expert" and all(p.is_file() for p in path.values()):
+        return {"policy": (path["medium"], path["expert"])}
+    return {}
+
+
 def make_antmaze(args: argparse.Namespace, command: str) -> None:
     """The six AntMaze datasets, driven by the ant shipped with the package, or with
     ``--train-ant`` by one trained here (then exported beside the datasets)."""
@@ -210,6 +234,12 @@ def main() -> None:
     p.add_argument("--medium-steps", type=int, default=1_000_000)
     p.add_argument("--train-steps", type=int, default=500_000, help="TD3 cap for medium")
     p.add_argument("--expert", action="store_true", help="also expert and medium-expert")
+    p.add_argument(
+        "--policies",
+        type=Path,
+        default=POLICIES,
+        help="policy files recorded instead of training TD3 (written when missing)",
+    )
     p.add_argument("--expert-train-steps", type=int, default=1_000_000)
     p.add_argument("--antmaze", action="store_true", help="the six AntMaze datasets instead")
     p.add_argument(
@@ -243,6 +273,7 @@ def main() -> None:
                     out=(args.out / f"{name}-v0").resolve(),
                     train_steps=args.expert_train_steps if expertish else args.train_steps,
                     progress=not args.no_progress,
+                    **policy_files(args.policies, env, recipe, args.seed),
                 )
                 make(cfg.out, name, cfg, command)
     rows = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]

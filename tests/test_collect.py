@@ -28,6 +28,7 @@ from mpcdwm.collect import (
     default_dataset_id,
 )
 from mpcdwm.data import D4RL_REF_SCORES, load_dataset
+from mpcdwm.files import UserFileError
 from mpcdwm.online_td3 import CHECKPOINT_NAME, select_expert, train_online
 
 HOPPER_LIMIT = 30  # short episodes so the random data holds both terminations and time limits
@@ -318,6 +319,77 @@ def test_recipes_have_the_right_structure(pendulum, tmp_path, monkeypatch):
     again = load_dataset(collect(dataclasses.replace(cfg, recipe="expert", out=tmp_path / "e2")))
     np.testing.assert_array_equal(again.observations, exp.observations)
     assert json.loads((cfg.agent_dir / EXPERT_CHOICE_NAME).read_text()) == saved
+
+
+def test_policy_files_record_what_the_recipes_that_trained_them_recorded(pendulum, tmp_path):
+    """--save-policy keeps the medium / expert policy; --policy records it again without the
+    online agent, into the same transitions (so datasets can be remade without TD3)."""
+    cfg, _, _, run = pendulum
+    cfg = dataclasses.replace(
+        cfg, expert_candidates=2, expert_select_episodes=2, ref_max_score=run.evals[-1]["return"]
+    )
+    files, trained = {}, {}
+    for recipe in ("medium", "expert"):
+        files[recipe] = tmp_path / f"{recipe}.ckpt"
+        made = collect(
+            dataclasses.replace(
+                cfg, recipe=recipe, out=tmp_path / recipe, save_policy=files[recipe]
+            )
+        )
+        trained[recipe] = load_dataset(made)
+    no_agent = dataclasses.replace(cfg, agent_dir=tmp_path / "no-agent")
+    for recipe, policy in (
+        ("medium", (files["medium"],)),
+        ("expert", (files["expert"],)),
+        ("medium-expert", (files["medium"], files["expert"])),
+    ):
+        ds = load_dataset(
+            collect(
+                dataclasses.replace(
+                    no_agent, recipe=recipe, out=tmp_path / f"{recipe}-again", policy=policy
+                )
+            )
+        )
+        parts = [trained[p] for p in recipe.split("-")]
+        for field in ("observations", "actions", "rewards", "terminals", "timeouts"):
+            want = np.concatenate([getattr(d, field) for d in parts])
+            np.testing.assert_array_equal(getattr(ds, field), want, err_msg=f"{recipe} {field}")
+        assert ds.ref_min_score == pytest.approx(parts[0].ref_min_score)
+        assert ds.ref_max_score == pytest.approx(parts[0].ref_max_score)
+        recorded = json.loads(ds.metadata["mpcdwm_policy_files"])
+        assert [r["file"] for r in recorded] == [p.name for p in policy]
+    assert not (tmp_path / "no-agent").exists()  # nothing trained, nothing cached
+    # The expert file holds the snapshot the expert recipe chose, with its env steps.
+    expert_steps = trained["expert"].metadata["mpcdwm_expert_env_steps"]
+    assert recorded[1]["env_steps"] == expert_steps
+    # Bad input: a policy of another env, the wrong number of files, a policy to overwrite.
+    with pytest.raises(CheckpointError, match="env='Hopper-v5'"):
+        collect(
+            CollectConfig(
+                env="Hopper-v5",
+                recipe="medium",
+                steps=50,
+                policy=(files["medium"],),
+                out=tmp_path / "hopper",
+                progress=False,
+            )
+        )
+    with pytest.raises(ValueError, match="medium-expert"):
+        collect(
+            dataclasses.replace(
+                no_agent,
+                recipe="medium",
+                out=tmp_path / "x",
+                policy=(files["medium"], files["expert"]),
+            )
+        )
+    with pytest.raises(UserFileError, match="--save-policy .* exists"):
+        collect(
+            dataclasses.replace(
+                cfg, recipe="medium", out=tmp_path / "y", save_policy=files["medium"]
+            )
+        )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def _not_again(*args, **kwargs):

@@ -47,7 +47,12 @@ from mpcdwm.checkpoint import CheckpointError, load_checkpoint
 from mpcdwm.configs import FIELD_RULES, NON_NEGATIVE, POSITIVE_INT, check_config
 from mpcdwm.data import ref_scores_for
 from mpcdwm.envs import limit_kwargs, make_env
-from mpcdwm.files import ensure_writable_dir, ensure_writable_parent, write_json_atomic
+from mpcdwm.files import (
+    UserFileError,
+    ensure_writable_dir,
+    ensure_writable_parent,
+    write_json_atomic,
+)
 from mpcdwm.minari_io import (
     TRANSITION_FIELDS,
     Transitions,
@@ -65,6 +70,7 @@ from mpcdwm.online_td3 import (
     load_policy,
     load_policy_file,
     random_return,
+    read_policy_file,
     record_rollout,
     select_expert,
     to_env_action,
@@ -124,7 +130,7 @@ class CollectConfig:
     (``MINARI_DATASETS_PATH`` or ~/.minari/datasets)."""
     overwrite: bool = False
     """Replace an existing dataset with the same id / folder (only one that mpcdwm wrote:
-    any other folder is refused, never deleted)."""
+    any other folder is refused, never deleted), and an existing ``save_policy`` file."""
     train_steps: int = 300_000
     """Env-step budget of the online TD3 agent (one update per env step)."""
     start_steps: int = 10_000
@@ -165,6 +171,16 @@ class CollectConfig:
     the goal-reaching ant's folder, or a policy file of it (``online_td3.export_policy``);
     default its cache folder when it holds a trained ant, else the ant shipped with the
     package (:func:`shipped_ant`)."""
+    policy: tuple[Path, ...] = ()
+    """Record these policy files (:func:`~mpcdwm.online_td3.export_policy`; what
+    ``save_policy`` writes) instead of training TD3: one for the medium and expert recipes,
+    two (medium, then expert) for medium-expert. Each must come from ``env``. Same seed and
+    noise: the same transitions as the recipe that trained them recorded, in seconds per
+    thousand steps instead of an online training (``benchmarks/make_datasets.py`` keeps its
+    policies this way). Envs without D4RL reference scores need ``ref_max_score``."""
+    save_policy: Path | None = None
+    """medium / expert recipes: also write the policy they record (the medium-point
+    snapshot, the chosen expert) to this policy file, for a later ``--policy``."""
     ref_max_score: float | None = None
     """Expert return for normalised scores of envs without D4RL references; default: the
     trained online agent's final evaluation return."""
@@ -185,6 +201,7 @@ _NOT_DATA = frozenset(
         "agent_dir",
         "checkpoint_every",
         "checkpoint_minutes",
+        "save_policy",
     }
 )
 # Settings of the online TD3 agent: they do not apply to the random recipe and PointMaze.
@@ -236,7 +253,7 @@ def default_dataset_id(cfg: CollectConfig) -> str:
     if maze_env or cfg.recipe != "medium-replay":
         parts.append(f"n{_count(cfg.steps)}")
     defaults = CollectConfig()
-    td3 = not maze_env and cfg.recipe != "random"
+    td3 = not maze_env and cfg.recipe != "random" and not cfg.policy
     if td3 and cfg.train_steps != defaults.train_steps:
         parts.append(f"t{_count(cfg.train_steps)}")
     named = {"env", "recipe", "seed", "steps", "train_steps"}
@@ -247,10 +264,19 @@ def default_dataset_id(cfg: CollectConfig) -> str:
         and (td3 or f.name not in _TD3_ONLY)
         and getattr(cfg, f.name) != getattr(defaults, f.name)
     }
+    if cfg.policy:  # the weights make the data, wherever their files are
+        other["policy"] = [_sha256(p) for p in cfg.policy]
     if other:
         text = json.dumps(other, sort_keys=True, default=str)
         parts.append("c" + hashlib.sha256(text.encode()).hexdigest()[:6])
     return f"mpcdwm/{'-'.join(parts)}-v0"
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as err:
+        raise ValueError(f"--policy {path}: cannot read it ({err.strerror}).") from err
 
 
 def command_line(cfg: CollectConfig) -> str:
@@ -266,6 +292,8 @@ def command_line(cfg: CollectConfig) -> str:
             parts.append(flag if value else f"--no-{f.name.replace('_', '-')}")
         elif value is None:
             parts.append(f"{flag} None")
+        elif isinstance(value, tuple):
+            parts.append(" ".join([flag, *map(str, value)]))
         else:
             parts.append(f"{flag} {value}")
     return " ".join(parts)
@@ -292,6 +320,31 @@ def _check_config(cfg: CollectConfig) -> None:
             f"{' or '.join(maze.ANTMAZE_RECIPES)}, other envs the D4RL MuJoCo recipes."
         )
     check_config(cfg, COLLECT_RULES)
+    _check_policy_files(cfg)
+
+
+def _check_policy_files(cfg: CollectConfig) -> None:
+    """--policy and --save-policy: MuJoCo envs' medium / expert recipes only."""
+    mujoco = "Maze" not in cfg.env
+    wanted = {"medium": 1, "expert": 1, "medium-expert": 2}.get(cfg.recipe) if mujoco else None
+    if cfg.policy and len(cfg.policy) != wanted:
+        raise ValueError(
+            f"--policy records the medium and expert recipes (one file each) and medium-expert "
+            f"(two: medium, then expert) of MuJoCo envs; got {len(cfg.policy)} file(s) for "
+            f"--env {cfg.env} --recipe {cfg.recipe}."
+        )
+    missing = [str(p) for p in cfg.policy if not Path(p).is_file()]
+    if missing:
+        raise ValueError(
+            f"--policy: no file {', '.join(missing)} (write one with --save-policy or "
+            "mpcdwm.online_td3.export_policy)."
+        )
+    if cfg.save_policy is not None and (wanted != 1 or cfg.policy):
+        raise ValueError(
+            "--save-policy keeps the policy that a MuJoCo env's medium or expert recipe trains "
+            f"and records, not --env {cfg.env} --recipe {cfg.recipe}"
+            + (" --policy (that file exists already)." if cfg.policy else ".")
+        )
 
 
 # ------------------------------------------------------------------------ the command
@@ -325,8 +378,15 @@ def collect(cfg: CollectConfig) -> str:
         )
     if cfg.env.startswith("AntMaze"):
         return _collect_antmaze(cfg, dataset_id)
-    if cfg.recipe != "random":
+    if cfg.recipe != "random" and not cfg.policy:
         ensure_writable_dir(cfg.agent_dir or default_agent_dir(cfg), "--agent-dir")
+    if cfg.save_policy is not None:
+        ensure_writable_parent(cfg.save_policy, "--save-policy")
+        if Path(cfg.save_policy).exists() and not cfg.overwrite:
+            raise UserFileError(
+                f"--save-policy {cfg.save_policy} exists; pass another path, or --overwrite to "
+                "replace it (and the dataset)."
+            )
     console = Console(stderr=True, soft_wrap=True)
     noise = TD3_ROLLOUT_NOISE if cfg.rollout_noise is None else cfg.rollout_noise
     td3 = rebrac.td3_config(batch_size=cfg.batch_size)
@@ -350,12 +410,14 @@ def collect(cfg: CollectConfig) -> str:
         TextColumn("{task.fields[info]}"),
     )
 
-    def record(actor: Params | None, key: jax.Array, label: str) -> Transitions:
+    def record(
+        actor: Params | None, key: jax.Array, label: str, net: rebrac.ReBRACConfig = td3
+    ) -> Transitions:
         with Progress(*columns, console=console, disable=not cfg.progress) as bar:
             return record_rollout(
                 cfg.env,
                 actor,
-                td3,
+                net,
                 steps=cfg.steps,
                 key=key,
                 noise=noise,
@@ -365,7 +427,9 @@ def collect(cfg: CollectConfig) -> str:
             )
 
     expert_return = cfg.ref_max_score
-    if cfg.recipe == "random":
+    if cfg.policy:
+        data, rand = _record_policy_files(cfg, record, rollout_key, meta)
+    elif cfg.recipe == "random":
         data = record(None, rollout_key("random"), "random")
         rand = random_return(
             cfg.env, episodes=10, seed=cfg.seed, max_episode_steps=cfg.max_episode_steps
@@ -401,8 +465,11 @@ def collect(cfg: CollectConfig) -> str:
             mpcdwm_medium_reached=bool(reached),
             mpcdwm_agent_env_steps=int(run.env_steps),
         )
+        agent_dir = cfg.agent_dir or default_agent_dir(cfg)
         if cfg.recipe == "medium":
             data = record(run.snapshots[idx], rollout_key("medium"), "medium rollouts")
+            if cfg.save_policy is not None:
+                export_policy(agent_dir, cfg.save_policy, idx)
         elif cfg.recipe == "medium-replay":
             n = int(medium["env_steps"])
             data = {k: v[:n].copy() for k, v in run.buffer.items()}
@@ -411,6 +478,8 @@ def collect(cfg: CollectConfig) -> str:
         else:
             expert = _expert_actor(cfg, run, td3, noise, rollout_key("expert"), meta, console)
             data = record(expert, rollout_key("expert"), "expert rollouts")
+            if cfg.save_policy is not None:
+                export_expert(agent_dir, cfg.save_policy)
             if cfg.recipe == "medium-expert":
                 med = record(run.snapshots[idx], rollout_key("medium"), "medium rollouts")
                 data = {k: np.concatenate([med[k], data[k]]) for k in TRANSITION_FIELDS}
@@ -448,6 +517,30 @@ def collect(cfg: CollectConfig) -> str:
         f"{meta['mpcdwm_dataset_mean_return']:.1f}) to {result}"
     )
     return result
+
+
+def _record_policy_files(
+    cfg: CollectConfig,
+    record: Callable[..., Transitions],
+    rollout_key: Callable[[str], jax.Array],
+    meta: dict[str, Any],
+) -> tuple[Transitions, float]:
+    """``--policy``: record the policy files with the keys and noise of the recipe that
+    trained them (so the same transitions); returns (data, random policy's return)."""
+    parts = ["medium", "expert"] if cfg.recipe == "medium-expert" else [cfg.recipe]
+    blocks, files = [], []
+    for part, path in zip(parts, map(Path, cfg.policy), strict=True):
+        actor, net, policy_meta = read_policy_file(path, env=cfg.env)
+        blocks.append(record(actor, rollout_key(part), f"{part} rollouts ({path.name})", net))
+        steps = int(policy_meta["env_steps"])
+        files.append({"part": part, "file": path.name, "sha256": _sha256(path), "env_steps": steps})
+        meta[f"mpcdwm_{part}_env_steps"] = steps
+    meta["mpcdwm_policy_files"] = json.dumps(files)  # HDF5 metadata holds no lists of records
+    data = {k: np.concatenate([b[k] for b in blocks]) for k in TRANSITION_FIELDS}
+    rand = random_return(
+        cfg.env, episodes=10, seed=cfg.seed, max_episode_steps=cfg.max_episode_steps
+    )
+    return data, rand
 
 
 EXPERT_CHOICE_NAME = "expert_choice.json"

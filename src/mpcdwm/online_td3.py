@@ -408,20 +408,29 @@ POLICY_KIND = "online-td3-policy"
 """``kind`` of a policy file (:func:`export_policy`): one actor's weights, no replay buffer."""
 
 
-def _greedy_policies(
-    td3: rebrac.ReBRACConfig, actors: Sequence[Any], obs_dim: int, act_dim: int, where: Path
-) -> list[Callable[[np.ndarray], np.ndarray]]:
-    """Greedy ``policy(obs (obs_dim,)) -> action (act_dim,)`` in ``[-1, 1]`` for stored actor
-    weights (state dicts), one jitted function shared by all."""
+def _restore_actors(
+    td3: rebrac.ReBRACConfig, stored: Sequence[Any], obs_dim: int, act_dim: int, where: Path
+) -> list[Params]:
+    """Actor params from stored weights (state dicts), checked against ``td3``'s network."""
     template = rebrac.init(td3, jax.random.key(0), obs_dim, act_dim).actor
-    greedy, _ = _make_actor_fns(td3)
-    policies = []
-    for stored in actors:
+    actors = []
+    for weights in stored:
         try:
-            actor = serialization.from_state_dict(template, stored)
+            actor = serialization.from_state_dict(template, weights)
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{where} does not match the online agent ({err}).") from err
-        actor = jax.tree_util.tree_map(jnp.asarray, actor)
+        actors.append(jax.tree_util.tree_map(jnp.asarray, actor))
+    return actors
+
+
+def _greedy_policies(
+    td3: rebrac.ReBRACConfig, actors: Sequence[Params]
+) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """Greedy ``policy(obs (obs_dim,)) -> action (act_dim,)`` in ``[-1, 1]`` for actor params,
+    one jitted function shared by all."""
+    greedy, _ = _make_actor_fns(td3)
+    policies = []
+    for actor in actors:
 
         def policy(obs: np.ndarray, actor: Params = actor) -> np.ndarray:
             return np.asarray(greedy(actor, jnp.asarray(obs, jnp.float32)))
@@ -471,9 +480,10 @@ def load_policies(
     path = Path(agent_dir) / CHECKPOINT_NAME
     if snapshots is None:
         snapshots = sorted(int(k) for k in raw.get("snapshots", {}))
-    actors = [_stored_actor(raw, path, i) for i in snapshots]
     td3 = config_from_dict("rebrac", meta["td3"])
-    return _greedy_policies(td3, actors, obs_dim, act_dim, path), dict(meta["progress"])
+    stored = [_stored_actor(raw, path, i) for i in snapshots]
+    actors = _restore_actors(td3, stored, obs_dim, act_dim, path)
+    return _greedy_policies(td3, actors), dict(meta["progress"])
 
 
 def load_policy(
@@ -513,15 +523,26 @@ def export_policy(agent_dir: Path, path: Path, snapshot: int | None = None) -> P
     )
 
 
-def load_policy_file(
+def read_policy_file(
     path: Path, env: str | None = None
-) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
-    """The greedy policy in a file of :func:`export_policy`, and its meta; ``env``: the env
-    it must have been trained in (a :class:`~mpcdwm.checkpoint.CheckpointError` otherwise)."""
+) -> tuple[Params, rebrac.ReBRACConfig, dict[str, Any]]:
+    """``(actor params, TD3 config, meta)`` of a file of :func:`export_policy`; ``env``: the
+    env it must have been trained in (a :class:`~mpcdwm.checkpoint.CheckpointError`
+    otherwise). What ``collect --policy`` records."""
     expect = {"kind": POLICY_KIND} | ({} if env is None else {"env": env})
     raw, meta = load_checkpoint(path, expect=expect)
     td3 = config_from_dict("rebrac", meta["td3"])
-    (policy,) = _greedy_policies(td3, [raw["actor"]], meta["obs_dim"], meta["act_dim"], path)
+    (actor,) = _restore_actors(td3, [raw["actor"]], meta["obs_dim"], meta["act_dim"], path)
+    return actor, td3, meta
+
+
+def load_policy_file(
+    path: Path, env: str | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """The greedy policy in a file of :func:`export_policy`, and its meta (see
+    :func:`read_policy_file`)."""
+    actor, td3, meta = read_policy_file(path, env)
+    (policy,) = _greedy_policies(td3, [actor])
     return policy, meta
 
 
