@@ -119,6 +119,8 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig, command
         "mpcdwm_expert_env_steps",
         "mpcdwm_low_level_env_steps",
         "mpcdwm_policy_files",
+        "mpcdwm_software",
+        "mpcdwm_cpu",
         "mpcdwm_command",
     ):
         if key in meta:

@@ -358,6 +358,7 @@ def test_policy_files_record_what_the_recipes_that_trained_them_recorded(pendulu
         assert ds.ref_max_score == pytest.approx(parts[0].ref_max_score)
         recorded = json.loads(ds.metadata["mpcdwm_policy_files"])
         assert [r["file"] for r in recorded] == [p.name for p in policy]
+        assert "jax " in ds.metadata["mpcdwm_software"] and ds.metadata["mpcdwm_cpu"]
     assert not (tmp_path / "no-agent").exists()  # nothing trained, nothing cached
     # The expert file holds the snapshot the expert recipe chose, with its env steps.
     expert_steps = trained["expert"].metadata["mpcdwm_expert_env_steps"]
