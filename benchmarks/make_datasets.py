@@ -183,7 +183,7 @@ def policy_files(policies: Path, env: str, recipe: str, seed: int) -> dict[str, 
     record the files that exist (``policy``), or save the one a trained recipe records
     (``save_policy``)."""
     path = {r: (policies / f"{family(env)}-{r}-seed{seed}.ckpt").resolve() for r in RECORDED}
-    if recipe in ("medium", "expert"):
+    if recipe in RECORDED:
         if path[recipe].is_file():
             return {"policy": (path[recipe],)}
         return {"save_policy": path[recipe]}

@@ -448,15 +448,16 @@ def collect(cfg: CollectConfig) -> str:
             )
 
     expert_return = cfg.ref_max_score
-    if cfg.policy:
-        data, rand = _record_policy_files(cfg, record, rollout_key, meta)
-    elif cfg.recipe == "random":
-        data = record(None, rollout_key("random"), "random")
+    if cfg.policy or cfg.recipe == "random":
+        if cfg.policy:
+            data = _record_policy_files(cfg, record, rollout_key, meta)
+        else:
+            data = record(None, rollout_key("random"), "random")
+            if d4rl is None and expert_return is None:
+                expert_return = _trained_return(cfg)
         rand = random_return(
             cfg.env, episodes=10, seed=cfg.seed, max_episode_steps=cfg.max_episode_steps
         )
-        if d4rl is None and expert_return is None:
-            expert_return = _trained_return(cfg)
     else:
         # With a known expert return the medium recipes only need training up to the
         # medium point; otherwise the expert's return is the fully trained agent's.
@@ -545,9 +546,9 @@ def _record_policy_files(
     record: Callable[..., Transitions],
     rollout_key: Callable[[str], jax.Array],
     meta: dict[str, Any],
-) -> tuple[Transitions, float]:
+) -> Transitions:
     """``--policy``: record the policy files with the keys and noise of the recipe that
-    trained them (so the same transitions); returns (data, random policy's return)."""
+    trained them (so the same transitions)."""
     parts = ["medium", "expert"] if cfg.recipe == "medium-expert" else [cfg.recipe]
     blocks, files = [], []
     for part, path in zip(parts, map(Path, cfg.policy), strict=True):
@@ -557,11 +558,7 @@ def _record_policy_files(
         files.append({"part": part, "file": path.name, "sha256": _sha256(path), "env_steps": steps})
         meta[f"mpcdwm_{part}_env_steps"] = steps
     meta["mpcdwm_policy_files"] = json.dumps(files)  # HDF5 metadata holds no lists of records
-    data = {k: np.concatenate([b[k] for b in blocks]) for k in TRANSITION_FIELDS}
-    rand = random_return(
-        cfg.env, episodes=10, seed=cfg.seed, max_episode_steps=cfg.max_episode_steps
-    )
-    return data, rand
+    return {k: np.concatenate([b[k] for b in blocks]) for k in TRANSITION_FIELDS}
 
 
 EXPERT_CHOICE_NAME = "expert_choice.json"
