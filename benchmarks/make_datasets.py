@@ -22,7 +22,8 @@ Datasets land in ``OUT/<env>-<recipe>-v0`` (Minari folders). A dataset whose fol
 exists is skipped, so the command resumes; the online agent resumes from its checkpoint in
 ``$MPCDWM_CACHE`` (default ~/.cache/mpcdwm). Per dataset, a summary (transitions, episodes,
 normalized return, the TD3 step of the medium point, wall time, load average) goes to
-``benchmarks/results/datasets/<name>.json`` and all of them to ``datasets.md``.
+``benchmarks/results/datasets/<name>.json`` and all of them to ``datasets.md`` (``--results``:
+another folder, one per generation of data).
 
 With ``--antmaze`` it makes D4RL's six AntMaze datasets instead (issue 15): the goal-reaching
 ant shipped with the package (or, with ``--train-ant``, one trained here first: ``mpcdwm
@@ -160,10 +161,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make(folder: Path, name: str, cfg: CollectConfig, command: str) -> None:
-    """Collect ``cfg`` into ``folder`` unless it exists; its summary into RESULTS (kept for a
-    folder made earlier, whose wall time is not known here)."""
-    summary = RESULTS / f"{name}.json"
+def make(folder: Path, name: str, cfg: CollectConfig, command: str, results: Path) -> None:
+    """Collect ``cfg`` into ``folder`` unless it exists; its summary into ``results`` (kept for
+    a folder made earlier, whose wall time is not known here)."""
+    summary = results / f"{name}.json"
     seconds = 0.0
     if folder.exists():
         print(f"[make_datasets] {folder} exists, skipped", flush=True)
@@ -208,7 +209,7 @@ def make_antmaze(args: argparse.Namespace, command: str) -> None:
             start_steps=ANT_START_STEPS,
             progress=progress,
         )
-        make(ant.out, "antgoal-expert", ant, command)
+        make(ant.out, "antgoal-expert", ant, command, args.results)
         agent_dir = default_agent_dir(ant)
         policy = export_expert(agent_dir, (args.out / f"antgoal-v1-seed{args.seed}.ckpt").resolve())
         print(f"[make_datasets] the ant's expert: {policy} (ship: copy to src/mpcdwm/assets/)")
@@ -225,7 +226,7 @@ def make_antmaze(args: argparse.Namespace, command: str) -> None:
                 agent_dir=agent_dir,
                 progress=progress,
             )
-            make(cfg.out, name, cfg, command)
+            make(cfg.out, name, cfg, command, args.results)
 
 
 def main() -> None:
@@ -253,11 +254,17 @@ def main() -> None:
     p.add_argument(
         "--antmaze-recipes", nargs="+", choices=("play", "diverse"), default=["play", "diverse"]
     )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="folder of the per-dataset summaries and datasets.md (one per generation of data)",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     command = " ".join(["python benchmarks/make_datasets.py", *sys.argv[1:]])
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     if args.antmaze:
         make_antmaze(args, command)
     else:
@@ -277,9 +284,9 @@ def main() -> None:
                     progress=not args.no_progress,
                     **policy_files(args.policies, env, recipe, args.seed),
                 )
-                make(cfg.out, name, cfg, command)
-    rows = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
-    (RESULTS / "datasets.md").write_text(table(rows))
+                make(cfg.out, name, cfg, command, args.results)
+    rows = [json.loads(f.read_text()) for f in sorted(args.results.glob("*.json"))]
+    (args.results / "datasets.md").write_text(table(rows))
     print(table(rows))
 
 

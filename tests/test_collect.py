@@ -363,6 +363,10 @@ def test_policy_files_record_what_the_recipes_that_trained_them_recorded(pendulu
     # The expert file holds the snapshot the expert recipe chose, with its env steps.
     expert_steps = trained["expert"].metadata["mpcdwm_expert_env_steps"]
     assert recorded[1]["env_steps"] == expert_steps
+    # ... and both files their training evaluation's return, as the trained recipes record it.
+    assert ds.metadata["mpcdwm_medium_return"] == trained["medium"].metadata["mpcdwm_medium_return"]
+    chosen = [e["return"] for e in run.evals if e["env_steps"] == expert_steps]
+    assert ds.metadata["mpcdwm_expert_return"] == pytest.approx(chosen[-1])
     # Bad input: a policy of another env, the wrong number of files, a policy to overwrite.
     with pytest.raises(CheckpointError, match="env='Hopper-v5'"):
         collect(

@@ -557,6 +557,8 @@ def _record_policy_files(
         steps = int(policy_meta["env_steps"])
         files.append({"part": part, "file": path.name, "sha256": _sha256(path), "env_steps": steps})
         meta[f"mpcdwm_{part}_env_steps"] = steps
+        if policy_meta.get("eval_return") is not None:  # files written before it was kept lack it
+            meta[f"mpcdwm_{part}_return"] = float(policy_meta["eval_return"])
     meta["mpcdwm_policy_files"] = json.dumps(files)  # HDF5 metadata holds no lists of records
     return {k: np.concatenate([b[k] for b in blocks]) for k in TRANSITION_FIELDS}
 

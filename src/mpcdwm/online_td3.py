@@ -498,15 +498,19 @@ def export_policy(agent_dir: Path, path: Path, snapshot: int | None = None) -> P
     """Write one policy of the online agent in ``agent_dir`` (evaluation ``snapshot``'s weights,
     or the latest) to ``path``: its actor alone (kilobytes, where the online checkpoint holds
     the whole replay buffer), what a package ships so a user can drive the policy without
-    the online run (:func:`load_policy_file`). Its meta records the env, the settings and
-    the env steps the weights were trained for."""
+    the online run (:func:`load_policy_file`). Its meta records the env, the settings, the
+    env steps the weights were trained for and their deterministic evaluation return
+    (``eval_return``; None for latest weights that were not evaluated)."""
     raw, meta, obs_dim, act_dim = _read_online(agent_dir)
     actor = _stored_actor(raw, Path(agent_dir) / CHECKPOINT_NAME, snapshot)
-    progress = meta["progress"]
+    progress, evals = meta["progress"], meta["progress"]["evals"]
     if snapshot is None:
         env_steps = progress["env_steps"]
+        # The latest weights have an evaluation only when training stopped right after one.
+        latest = [e for e in evals if e["env_steps"] == env_steps]
+        eval_return = latest[-1]["return"] if latest else None
     else:
-        env_steps = progress["evals"][snapshot]["env_steps"]
+        env_steps, eval_return = evals[snapshot]["env_steps"], evals[snapshot]["return"]
     return save_checkpoint(
         path,
         {"actor": actor},
@@ -518,6 +522,7 @@ def export_policy(agent_dir: Path, path: Path, snapshot: int | None = None) -> P
             "obs_dim": obs_dim,
             "act_dim": act_dim,
             "env_steps": int(env_steps),
+            "eval_return": None if eval_return is None else float(eval_return),
             "snapshot": snapshot,
         },
     )
