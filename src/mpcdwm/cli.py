@@ -27,7 +27,7 @@ from mpcdwm.configs import ConfigError, load_config_file
 from mpcdwm.data import DatasetError
 from mpcdwm.evaluate import EvaluateConfig, evaluate
 from mpcdwm.files import UserFileError, describe_os_error
-from mpcdwm.online_td3 import default_agent_dir
+from mpcdwm.online_td3 import agent_dir_of
 from mpcdwm.pipeline import DemoConfig, RunConfig, demo, run
 from mpcdwm.report import ReportConfig, report
 from mpcdwm.sweep import SweepConfig, sweep
@@ -121,7 +121,7 @@ def resume_hint(config: Any) -> str:
     if isinstance(config, CollectConfig):
         # Maze recipes drive a trained policy: there is no online run of theirs to resume.
         if config.recipe != "random" and "Maze" not in config.env:
-            folder = config.agent_dir or default_agent_dir(config)
+            folder = agent_dir_of(config)
             return (
                 f"re-run the same command to resume the online agent from its last "
                 f"checkpoint in {folder}"

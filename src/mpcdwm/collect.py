@@ -66,7 +66,7 @@ from mpcdwm.online_td3 import (
     CHECKPOINT_NAME,
     OnlineRun,
     Params,
-    default_agent_dir,
+    agent_dir_of,
     episode_returns,
     export_policy,
     load_policy,
@@ -399,7 +399,7 @@ def collect(cfg: CollectConfig) -> str:
     if cfg.env.startswith("AntMaze"):
         return _collect_antmaze(cfg, dataset_id)
     if cfg.recipe != "random" and not cfg.policy:
-        ensure_writable_dir(cfg.agent_dir or default_agent_dir(cfg), "--agent-dir")
+        ensure_writable_dir(agent_dir_of(cfg), "--agent-dir")
     if cfg.save_policy is not None:
         ensure_writable_parent(cfg.save_policy, "--save-policy")
         if Path(cfg.save_policy).exists() and not cfg.overwrite:
@@ -487,7 +487,7 @@ def collect(cfg: CollectConfig) -> str:
             mpcdwm_medium_reached=bool(reached),
             mpcdwm_agent_env_steps=int(run.env_steps),
         )
-        agent_dir = cfg.agent_dir or default_agent_dir(cfg)
+        agent_dir = agent_dir_of(cfg)
         if cfg.recipe == "medium":
             data = record(run.snapshots[idx], rollout_key("medium"), "medium rollouts")
             if cfg.save_policy is not None:
@@ -512,7 +512,7 @@ def collect(cfg: CollectConfig) -> str:
     elif expert_return is None:
         raise RuntimeError(
             f"{cfg.env} has no D4RL reference scores and no trained agent in "
-            f"{cfg.agent_dir or default_agent_dir(cfg)}: pass --ref-max-score, or collect a "
+            f"{agent_dir_of(cfg)}: pass --ref-max-score, or collect a "
             "medium/expert recipe first so the random dataset can use the agent's return."
         )
     else:
@@ -607,7 +607,7 @@ def _expert_actor(
 ) -> Params:
     """The expert's weights (:func:`select_expert`, or its choice saved for this run in the
     agent folder); how they were chosen goes into ``meta``."""
-    agent_dir = cfg.agent_dir or default_agent_dir(cfg)
+    agent_dir = agent_dir_of(cfg)
     made_for = {
         "env_steps": int(run.env_steps),
         "expert_candidates": cfg.expert_candidates,
@@ -671,7 +671,7 @@ def _ant_driver(cfg: CollectConfig, ant_dir: Path) -> tuple[Callable, int, str]:
 
 def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
     """AntMaze: drive the trained goal-reaching ant along BFS waypoints (``play``/``diverse``)."""
-    ant_dir = cfg.agent_dir or default_agent_dir(dataclasses.replace(cfg, env=ANT_GOAL_ENV))
+    ant_dir = agent_dir_of(dataclasses.replace(cfg, env=ANT_GOAL_ENV))
     policy, driver_steps, driver = _ant_driver(cfg, ant_dir)
     return maze.write_antmaze_dataset(
         cfg.env,
@@ -695,7 +695,7 @@ def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
 
 def _trained_return(cfg: CollectConfig) -> float | None:
     """Final evaluation return of a fully trained online agent in the agent folder, if any."""
-    path = (cfg.agent_dir or default_agent_dir(cfg)) / CHECKPOINT_NAME
+    path = agent_dir_of(cfg) / CHECKPOINT_NAME
     if not path.exists():
         return None
     _, meta = load_checkpoint(path, expect={"kind": "collect-online-td3"})

@@ -49,6 +49,11 @@ def default_agent_dir(cfg: CollectConfig) -> Path:
     return root / "collect" / f"{cfg.env.replace('/', '_')}-seed{cfg.seed}"
 
 
+def agent_dir_of(cfg: CollectConfig) -> Path:
+    """The online agent's folder: ``cfg.agent_dir``, else :func:`default_agent_dir`."""
+    return Path(cfg.agent_dir) if cfg.agent_dir else default_agent_dir(cfg)
+
+
 # ------------------------------------------------------------ acting and recording
 
 
@@ -575,7 +580,7 @@ def train_online(
     Returns the run (agent, replay buffer, evaluation snapshots).
     """
     console = console or Console(stderr=True, soft_wrap=True)
-    agent_dir = cfg.agent_dir or default_agent_dir(cfg)
+    agent_dir = agent_dir_of(cfg)
     ckpt_path = agent_dir / CHECKPOINT_NAME
     td3 = rebrac.td3_config(batch_size=cfg.batch_size)
     meta = _agent_meta(cfg, td3)
