@@ -38,6 +38,7 @@ its back, upright at the time limit, and the share of transitions of an ant on i
 
     python benchmarks/make_datasets.py                       # medium + medium-replay, 3 envs
     python benchmarks/make_datasets.py --expert --expert-train-steps 1000000
+    python benchmarks/make_datasets.py --envs HalfCheetah-v5 --recipes medium expert
     python benchmarks/make_datasets.py --antmaze --antmaze-steps 1000000 [--train-ant]
     python benchmarks/make_datasets.py --antmaze --mazes Large --antmaze-recipes diverse
 """
@@ -67,6 +68,7 @@ MAZES = ("UMaze", "Medium", "Large")
 ANT_START_STEPS = 25_000
 RESULTS = Path(__file__).resolve().parent / "results" / "datasets"
 POLICIES = Path(__file__).resolve().parent / "policies"
+LOCOMOTION_RECIPES = ("medium", "medium-replay", "expert", "medium-expert")
 RECORDED = ("medium", "expert")  # the recipes whose policy is kept as a file
 # D4RL v2 datasets of the same name (normalized mean return of their episodes), for reference.
 D4RL_REFERENCE = {
@@ -238,6 +240,13 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=500_000, help="TD3 cap for medium")
     p.add_argument("--expert", action="store_true", help="also expert and medium-expert")
     p.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=LOCOMOTION_RECIPES,
+        default=None,
+        help="only these recipes (default: medium and medium-replay, with --expert all four)",
+    )
+    p.add_argument(
         "--policies",
         type=Path,
         default=POLICIES,
@@ -268,7 +277,7 @@ def main() -> None:
     if args.antmaze:
         make_antmaze(args, command)
     else:
-        recipes = ["medium", "medium-replay"] + (["expert", "medium-expert"] if args.expert else [])
+        recipes = args.recipes or LOCOMOTION_RECIPES[: 4 if args.expert else 2]
         for recipe in recipes:
             for env in args.envs:
                 name = f"{family(env)}-{recipe}"
