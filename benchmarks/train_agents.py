@@ -238,8 +238,9 @@ def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int | None] | None:
 def scores_table(results: Path, datasets: Path = RESULTS.parent / "datasets") -> Path:
     """``scores.md``: one row per dataset, one column per agent: the final score with its
     bootstrap CI (n = seeds x episodes), the budget, and the curve's :func:`verdict` when it is
-    not flat; beside them the data's own normalized return (from ``datasets/<name>.json``) and
-    CORL's published D4RL scores of the same name (reference only)."""
+    not flat; beside them the data's own normalized return (``datasets/<name>.json``, the
+    summaries of ``make_datasets.py``) and CORL's published D4RL scores of the same name
+    (reference only)."""
     cells: dict[str, dict[str, str]] = {}
     agents: list[str] = []
     for dataset, agent_dir in _agent_dirs(results):
@@ -307,6 +308,12 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=10, help="final evaluation episodes")
     p.add_argument("--out", type=Path, default=Path("runs/agents_d4rl"))
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument(
+        "--data-summaries",
+        type=Path,
+        default=RESULTS.parent / "datasets",
+        help="make_datasets.py's summaries of these datasets (its --results), for the data column",
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     missing = [str(d) for d in args.datasets if not d.exists()]
@@ -359,7 +366,7 @@ def main() -> None:
                 )
     print(f"curves: {plot_curves(args.results)}")
     print(f"convergence: {convergence_table(args.results)}")
-    print(f"scores: {scores_table(args.results)}")
+    print(f"scores: {scores_table(args.results, args.data_summaries)}")
     report(ReportConfig(runs=(args.results,), out=args.results / "report"))
 
 
