@@ -36,6 +36,8 @@ from mpcdwm.pipeline import evaluation_is_current
 from mpcdwm.report import Estimate, ReportConfig, bootstrap_ci, mean_estimate, report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "agents_d4rl"
+# make_datasets.py's summaries of the first generation of data (the data column of scores.md).
+DATA_SUMMARIES = RESULTS.parent / "datasets"
 
 
 def finished(run: Path, steps: int) -> bool:
@@ -235,7 +237,7 @@ def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int | None] | None:
     return estimate, top, batches.pop() if len(batches) == 1 else None
 
 
-def scores_table(results: Path, datasets: Path = RESULTS.parent / "datasets") -> Path:
+def scores_table(results: Path, datasets: Path = DATA_SUMMARIES) -> Path:
     """``scores.md``: one row per dataset, one column per agent: the final score with its
     bootstrap CI (n = seeds x episodes), the budget, and the curve's :func:`verdict` when it is
     not flat; beside them the data's own normalized return (``datasets/<name>.json``, the
@@ -311,7 +313,7 @@ def main() -> None:
     p.add_argument(
         "--data-summaries",
         type=Path,
-        default=RESULTS.parent / "datasets",
+        default=DATA_SUMMARIES,
         help="make_datasets.py's summaries of these datasets (its --results), for the data column",
     )
     p.add_argument("--no-progress", action="store_true")
