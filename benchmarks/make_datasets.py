@@ -120,6 +120,7 @@ def summarize(path: Path, name: str, seconds: float, cfg: CollectConfig, command
         "mpcdwm_agent_env_steps",
         "mpcdwm_expert_return",
         "mpcdwm_expert_env_steps",
+        "mpcdwm_agent_final_return",
         "mpcdwm_low_level_env_steps",
         "mpcdwm_policy_files",
         "mpcdwm_software",

@@ -304,6 +304,9 @@ def test_recipes_have_the_right_structure(pendulum, tmp_path, monkeypatch):
     assert [r["snapshot"] for r in rows] == top2
     best = max(rows, key=lambda r: r["select_return"])
     assert stored["mpcdwm_expert_env_steps"] == best["env_steps"]
+    # ... and its return is that snapshot's training evaluation, beside the final weights'.
+    assert stored["mpcdwm_expert_return"] == pytest.approx(best["train_eval"])
+    assert stored["mpcdwm_agent_final_return"] == pytest.approx(final)
     # medium-expert = the medium dataset followed by the expert dataset.
     np.testing.assert_array_equal(mix.observations[: cfg.steps], med.observations)
     np.testing.assert_array_equal(mix.observations[cfg.steps :], exp.observations)
@@ -367,6 +370,7 @@ def test_policy_files_record_what_the_recipes_that_trained_them_recorded(pendulu
     assert ds.metadata["mpcdwm_medium_return"] == trained["medium"].metadata["mpcdwm_medium_return"]
     chosen = [e["return"] for e in run.evals if e["env_steps"] == expert_steps]
     assert ds.metadata["mpcdwm_expert_return"] == pytest.approx(chosen[-1])
+    assert trained["expert"].metadata["mpcdwm_expert_return"] == pytest.approx(chosen[-1])
     # Bad input: a policy of another env, the wrong number of files, a policy to overwrite.
     with pytest.raises(CheckpointError, match="env='Hopper-v5'"):
         collect(

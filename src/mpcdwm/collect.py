@@ -19,8 +19,10 @@ makes the non-random ones lives in :mod:`mpcdwm.online_td3`, writing Minari file
 Reference scores written into the dataset metadata: the D4RL pair for the
 families D4RL covers (hopper, halfcheetah, walker2d, ant; so normalised scores
 are comparable with published D4RL numbers), otherwise the measured mean return
-of the random policy and of the final trained agent. Both measured returns are
-stored too (``mpcdwm_random_return``, ``mpcdwm_expert_return``).
+of the random policy and of the final trained agent. The measured returns are
+stored too: ``mpcdwm_random_return``, and ``mpcdwm_expert_return`` (the recorded expert's
+training evaluation; the final weights' is ``mpcdwm_agent_final_return`` when a snapshot
+was chosen).
 
 Shapes: an env observation is ``(obs_dim,)`` float32, an action ``(act_dim,)``;
 the agent works in ``[-1, 1]`` and datasets hold actions in env units.
@@ -628,7 +630,10 @@ def _expert_actor(
     if chosen < 0:
         meta["mpcdwm_expert_env_steps"] = int(run.env_steps)
         return run.state.actor
+    # The return and the step describe the same weights: the recorded snapshot's.
     meta["mpcdwm_expert_env_steps"] = int(run.evals[chosen]["env_steps"])
+    meta["mpcdwm_expert_return"] = float(run.evals[chosen]["return"])
+    meta["mpcdwm_agent_final_return"] = float(run.evals[-1]["return"])
     # A JSON string: Minari's HDF5 metadata holds no lists of records.
     meta["mpcdwm_expert_selection"] = json.dumps(rows)
     best = next(r for r in rows if r["snapshot"] == chosen)
