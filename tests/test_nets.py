@@ -1,15 +1,17 @@
-"""The shared MLP: CORL-style ReBRAC networks (LayerNorm after ReLU, PyTorch-style init)."""
+"""The shared MLP: CORL-style ReBRAC networks (LayerNorm after ReLU, PyTorch-style init) and
+PyTorch's own nn.Linear init (TD3+BC)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mpcdwm.agents import rebrac
 from mpcdwm.nets import MLP
 
 
 def test_torch_init_matches_corl_bounds_and_biases():
-    net = MLP((64, 64), 3, layer_norm=True, norm_after_activation=True, torch_init=True)
+    net = MLP((64, 64), 3, layer_norm=True, norm_after_activation=True, init_scheme="corl")
     params = net.init(jax.random.key(0), jnp.zeros((1, 17)))["params"]
     k0 = np.asarray(params["Dense_0"]["kernel"])
     # Uniform in +-1/sqrt(fan_in): the bound is respected and nearly reached.
@@ -17,6 +19,17 @@ def test_torch_init_matches_corl_bounds_and_biases():
     np.testing.assert_allclose(params["Dense_1"]["bias"], 0.1)
     assert np.abs(np.asarray(params["Dense_2"]["kernel"])).max() <= 1e-3
     assert np.abs(np.asarray(params["Dense_2"]["bias"])).max() <= 1e-3
+
+
+def test_torch_scheme_is_nn_linear_default_on_every_layer():
+    params = MLP((64, 32), 3, init_scheme="torch").init(jax.random.key(0), jnp.zeros((1, 17)))
+    for name, fan_in in (("Dense_0", 17), ("Dense_1", 64), ("Dense_2", 32)):
+        for part in ("kernel", "bias"):
+            w = np.abs(np.asarray(params["params"][name][part]))
+            # Uniform in +-1/sqrt(fan_in), kernels and biases alike, the last layer too.
+            assert w.max() <= fan_in**-0.5 and w.max() > 0.8 * fan_in**-0.5, (name, part)
+    with pytest.raises(ValueError, match="init_scheme must be"):
+        MLP((4,), 1, init_scheme="lecun").init(jax.random.key(0), jnp.zeros((1, 2)))
 
 
 def test_layer_norm_after_activation_changes_the_function():
@@ -33,7 +46,7 @@ def test_layer_norm_after_activation_changes_the_function():
     assert not np.allclose(before.apply(params, x), expect, atol=1e-3)
 
 
-def test_rebrac_uses_corl_networks_and_td3_keeps_flax():
+def test_rebrac_uses_corl_networks_td3bc_torch_and_td3_keeps_flax():
     obs_dim, act_dim = 11, 3
     state = rebrac.init(rebrac.rebrac_config(), jax.random.key(0), obs_dim, act_dim)
     critic = state.critic["params"]["VmapMLP_0"]
@@ -44,3 +57,8 @@ def test_rebrac_uses_corl_networks_and_td3_keeps_flax():
     assert np.abs(np.asarray(a)).max() < 0.05
     td3 = rebrac.init(rebrac.td3_config(), jax.random.key(0), obs_dim, act_dim)
     np.testing.assert_allclose(td3.actor["params"]["Dense_0"]["bias"], 0.0)
+    # TD3+BC: PyTorch's defaults, as its reference implementation (no LayerNorm).
+    td3bc = rebrac.init(rebrac.td3bc_config(), jax.random.key(0), obs_dim, act_dim)
+    bias = np.abs(np.asarray(td3bc.critic["params"]["VmapMLP_0"]["Dense_0"]["bias"]))
+    assert 0 < bias.max() <= (obs_dim + act_dim) ** -0.5
+    assert "LayerNorm_0" not in td3bc.critic["params"]["VmapMLP_0"]

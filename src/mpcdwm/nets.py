@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Activation = Callable[[jax.Array], jax.Array]
+InitScheme = Literal["flax", "corl", "torch"]
 
 
 def uniform_init(bound: float) -> nn.initializers.Initializer:
@@ -32,18 +34,46 @@ def torch_default_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) 
     return uniform_init(1.0 / math.sqrt(shape[0]))(key, shape, dtype)
 
 
+def _dense_inits(
+    scheme: InitScheme, fan_in: int, last: bool, final_scale: float, final_bound: float
+):
+    """Kernel and bias initialisers of one Dense layer under ``scheme``."""
+    if scheme == "torch":
+        # nn.Linear's reset_parameters: kernel and bias both uniform in +-1/sqrt(fan_in).
+        return {"kernel_init": torch_default_init, "bias_init": uniform_init(fan_in**-0.5)}
+    if scheme == "corl":
+        if last:
+            return {
+                "kernel_init": uniform_init(final_bound),
+                "bias_init": uniform_init(final_bound),
+            }
+        return {"kernel_init": torch_default_init, "bias_init": nn.initializers.constant(0.1)}
+    if scheme == "flax":
+        if last:
+            return {
+                "kernel_init": nn.initializers.variance_scaling(final_scale, "fan_in", "uniform")
+            }
+        return {}
+    raise ValueError(f"init_scheme must be 'flax', 'corl' or 'torch', got {scheme!r}.")
+
+
 class MLP(nn.Module):
     """Fully connected network ``(..., in) -> (..., out_dim)``.
 
     ``layer_norm`` adds a LayerNorm to every hidden layer: before the activation by
     default, after it with ``norm_after_activation`` (CORL's ReBRAC: Dense, ReLU,
-    LayerNorm). ``final_scale`` shrinks the last layer's initial weights, which keeps
-    fresh actors and denoisers close to zero output.
+    LayerNorm).
 
-    ``torch_init`` initialises as CORL's JAX ReBRAC does (to match its published
-    numbers): hidden kernels uniform in ``+-1/sqrt(fan_in)`` with biases 0.1, and the
-    last layer's kernel and bias uniform in ``+-final_bound`` (``final_scale`` unused).
-    Otherwise Flax's defaults (LeCun-normal kernels, zero biases).
+    ``init_scheme``:
+
+    * ``flax``: Flax's defaults (LeCun-normal kernels, zero biases); ``final_scale``
+      shrinks the last layer's initial weights, which keeps fresh actors and denoisers
+      close to zero output.
+    * ``corl``: as CORL's JAX ReBRAC (to match its published numbers): hidden kernels
+      uniform in ``+-1/sqrt(fan_in)`` with biases 0.1, the last layer's kernel and bias
+      uniform in ``+-final_bound``.
+    * ``torch``: PyTorch's ``nn.Linear`` default on every layer, kernel and bias uniform
+      in ``+-1/sqrt(fan_in)`` (the reference TD3+BC's networks).
     """
 
     hidden_dims: Sequence[int]
@@ -52,26 +82,25 @@ class MLP(nn.Module):
     activation: Activation = nn.relu
     final_scale: float = 1.0
     norm_after_activation: bool = False
-    torch_init: bool = False
+    init_scheme: InitScheme = "flax"
     final_bound: float = 1e-3
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.torch_init:
-            hidden = {"kernel_init": torch_default_init, "bias_init": nn.initializers.constant(0.1)}
-            bound = uniform_init(self.final_bound)
-            final = {"kernel_init": bound, "bias_init": bound}
-        else:
-            scaled = nn.initializers.variance_scaling(self.final_scale, "fan_in", "uniform")
-            hidden, final = {}, {"kernel_init": scaled}
+        def dense(width: int, x: jax.Array, last: bool) -> jax.Array:
+            inits = _dense_inits(
+                self.init_scheme, x.shape[-1], last, self.final_scale, self.final_bound
+            )
+            return nn.Dense(width, **inits)(x)
+
         for width in self.hidden_dims:
-            x = nn.Dense(width, **hidden)(x)
+            x = dense(width, x, last=False)
             if self.layer_norm and not self.norm_after_activation:
                 x = nn.LayerNorm()(x)
             x = self.activation(x)
             if self.layer_norm and self.norm_after_activation:
                 x = nn.LayerNorm()(x)
-        return nn.Dense(self.out_dim, **final)(x)
+        return dense(self.out_dim, x, last=True)
 
 
 class Ensemble(nn.Module):
@@ -87,7 +116,7 @@ class Ensemble(nn.Module):
     layer_norm: bool = False
     activation: Activation = nn.relu
     norm_after_activation: bool = False
-    torch_init: bool = False
+    init_scheme: InitScheme = "flax"
     final_bound: float = 1e-3
 
     @nn.compact
@@ -106,7 +135,7 @@ class Ensemble(nn.Module):
             self.layer_norm,
             self.activation,
             norm_after_activation=self.norm_after_activation,
-            torch_init=self.torch_init,
+            init_scheme=self.init_scheme,
             final_bound=self.final_bound,
         )
         return member(x)

@@ -69,11 +69,13 @@ class ReBRACConfig:
     actor_final_scale: float = 1e-2
     """Initial scale of the actor's last layer (a fresh actor outputs near-zero actions);
     used by the ``flax`` network only."""
-    network: Literal["corl", "flax"] = "corl"
+    network: Literal["corl", "flax", "torch"] = "corl"
     """``corl``: CORL's ReBRAC networks (Dense, ReLU, then LayerNorm; PyTorch-style
     fan-in uniform kernels, biases 0.1, last layers uniform in +-1e-3 (actor) and
-    +-3e-3 (critics)). ``flax``: LayerNorm before the ReLU and Flax's default init (what
-    mpcdwm used before; TD3+BC and the online TD3 of ``collect`` keep it)."""
+    +-3e-3 (critics)). ``torch``: PyTorch's ``nn.Linear`` defaults on every layer (the
+    reference TD3+BC's networks; LayerNorm, if switched on, after the ReLU). ``flax``:
+    LayerNorm before the ReLU and Flax's default init (what mpcdwm used before; the
+    online TD3 of ``collect`` keeps it, so its datasets stay reproducible)."""
     batch_size: int = 1024
     """Batch size (ReBRAC: 1024 on MuJoCo, 256 on AntMaze; TD3+BC/TD3: 256)."""
     normalize_obs: bool = False
@@ -195,7 +197,10 @@ def td3bc_config(alpha: float = 2.5, **overrides: Any) -> ReBRACConfig:
     Dividing that loss by ``alpha`` gives ``(1/alpha) MSE - Q / mean|Q|``, which
     is this module's actor loss with ``actor_bc_coef = 1/alpha`` and the BC term
     averaged over action dims; Adam is invariant to the constant factor.
-    2x256 networks without LayerNorm, lr 3e-4, batch 256, normalised states.
+    2x256 networks without LayerNorm, lr 3e-4, batch 256, normalised states, and
+    PyTorch's default init (``network="torch"``) as in the reference implementation: with
+    Flax's larger default init the critic diverged on a walker2d-medium dataset
+    (BENCHMARKS.md, "TD3+BC's critic and its init").
     """
     cfg = ReBRACConfig(
         actor_lr=3e-4,
@@ -208,7 +213,7 @@ def td3bc_config(alpha: float = 2.5, **overrides: Any) -> ReBRACConfig:
         actor_final_scale=1.0,
         batch_size=256,
         normalize_obs=True,
-        network="flax",
+        network="torch",
     )
     return dataclasses.replace(cfg, **overrides)
 
@@ -243,10 +248,14 @@ class TrainState:
     step: jax.Array
 
 
-def _corl_style(config: ReBRACConfig, final_bound: float) -> dict[str, Any]:
+def _network_style(config: ReBRACConfig, final_bound: float) -> dict[str, Any]:
     if config.network == "flax":
         return {}
-    return {"norm_after_activation": True, "torch_init": True, "final_bound": final_bound}
+    return {
+        "norm_after_activation": True,
+        "init_scheme": config.network,
+        "final_bound": final_bound,
+    }
 
 
 def _actor_net(config: ReBRACConfig, act_dim: int) -> MLP:
@@ -255,7 +264,7 @@ def _actor_net(config: ReBRACConfig, act_dim: int) -> MLP:
         act_dim,
         layer_norm=config.actor_layer_norm,
         final_scale=config.actor_final_scale,
-        **_corl_style(config, final_bound=1e-3),
+        **_network_style(config, final_bound=1e-3),
     )
 
 
@@ -265,7 +274,7 @@ def _critic_net(config: ReBRACConfig) -> Ensemble:
         config.hidden_dims,
         1,
         layer_norm=config.critic_layer_norm,
-        **_corl_style(config, final_bound=3e-3),
+        **_network_style(config, final_bound=3e-3),
     )
 
 
@@ -284,8 +293,8 @@ def init(config: ReBRACConfig, key: jax.Array, obs_dim: int, act_dim: int) -> Tr
     """Fresh actor, twin critics, their targets and Adam states."""
     if config.policy_freq < 1:
         raise ValueError(f"policy_freq must be >= 1, got {config.policy_freq}.")
-    if config.network not in ("corl", "flax"):
-        raise ValueError(f"network must be 'corl' or 'flax', got {config.network!r}.")
+    if config.network not in ("corl", "flax", "torch"):
+        raise ValueError(f"network must be 'corl', 'flax' or 'torch', got {config.network!r}.")
     actor_key, critic_key = jax.random.split(key)
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)
