@@ -59,12 +59,15 @@ def probe_rows(dataset, count: int = 20_000) -> np.ndarray:
     return np.asarray(jax.random.randint(jax.random.key(7), (count,), 0, len(dataset)))
 
 
-def run_variant(name: str, dataset, steps: int, every: int, seed: int) -> list[dict]:
+def run_variant(
+    name: str, data: dict, rows: np.ndarray, steps: int, every: int, seed: int
+) -> list[dict]:
+    """Train one variant on ``data`` (:func:`batches_to_device`, normalised states) and read
+    its critic on the probe ``rows`` every ``every`` updates."""
     cfg = rebrac.td3bc_config(**VARIANTS[name])
-    data = batches_to_device(dataset, dataset.norm_stats(normalize_obs=True))
-    state = rebrac.init(cfg, jax.random.key(seed), dataset.obs_dim, dataset.act_dim)
+    obs_dim, act_dim = data["observations"].shape[1], data["actions"].shape[1]
+    state = rebrac.init(cfg, jax.random.key(seed), obs_dim, act_dim)
     chunk = make_chunk(rebrac.make_update(cfg), cfg.batch_size, every)
-    rows = probe_rows(dataset)
     obs, act = data["observations"][rows], data["actions"][rows]
     key = jax.random.key(seed + 1)
     records, start = [], time.perf_counter()
@@ -104,15 +107,18 @@ def main() -> None:
     args = p.parse_args()
     dataset = load_dataset(args.dataset)
     ends = np.logical_or(dataset.terminals, dataset.timeouts)
-    rtg = return_to_go(dataset.rewards, ends, 0.99)[probe_rows(dataset)]
+    rows = probe_rows(dataset)
+    rtg = return_to_go(dataset.rewards, ends, 0.99)[rows]
     print(
         f"{dataset.name}: discounted return-to-go on the probe states, mean {rtg.mean():.1f}, "
         f"99th percentile {np.percentile(rtg, 99):.1f}, max {rtg.max():.1f} "
         "(timeouts cut it short, so a slight underestimate)"
     )
+    # Every variant is TD3+BC, so all train on the same normalised copy of the data.
+    data = batches_to_device(dataset, dataset.norm_stats(normalize_obs=True))
     records = []
     for name in args.variants:
-        records += run_variant(name, dataset, args.steps, args.every, args.seed)
+        records += run_variant(name, data, rows, args.steps, args.every, args.seed)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         summary = {

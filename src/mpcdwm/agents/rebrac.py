@@ -21,14 +21,14 @@ the TD3+BC paper's Table 3 and the TD3 paper.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, get_args
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mpcdwm.nets import MLP, Ensemble
+from mpcdwm.nets import MLP, Ensemble, InitScheme
 
 Params = Any
 Batch = dict[str, jax.Array]
@@ -69,7 +69,7 @@ class ReBRACConfig:
     actor_final_scale: float = 1e-2
     """Initial scale of the actor's last layer (a fresh actor outputs near-zero actions);
     used by the ``flax`` network only."""
-    network: Literal["corl", "flax", "torch"] = "corl"
+    network: InitScheme = "corl"
     """``corl``: CORL's ReBRAC networks (Dense, ReLU, then LayerNorm; PyTorch-style
     fan-in uniform kernels, biases 0.1, last layers uniform in +-1e-3 (actor) and
     +-3e-3 (critics)). ``torch``: PyTorch's ``nn.Linear`` defaults on every layer (the
@@ -293,8 +293,9 @@ def init(config: ReBRACConfig, key: jax.Array, obs_dim: int, act_dim: int) -> Tr
     """Fresh actor, twin critics, their targets and Adam states."""
     if config.policy_freq < 1:
         raise ValueError(f"policy_freq must be >= 1, got {config.policy_freq}.")
-    if config.network not in ("corl", "flax", "torch"):
-        raise ValueError(f"network must be 'corl', 'flax' or 'torch', got {config.network!r}.")
+    if config.network not in get_args(InitScheme):
+        choices = ", ".join(repr(c) for c in get_args(InitScheme))
+        raise ValueError(f"network must be one of {choices}, got {config.network!r}.")
     actor_key, critic_key = jax.random.split(key)
     obs = jnp.zeros((1, obs_dim), jnp.float32)
     act = jnp.zeros((1, act_dim), jnp.float32)
