@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpcdwm.agents import rebrac
-from mpcdwm.data import batches_to_device, load_dataset
+from mpcdwm.data import batches_to_device, load_dataset, return_to_go
 from mpcdwm.train import make_chunk
 
 VARIANTS = {
@@ -42,16 +42,6 @@ VARIANTS = {
     "corl": {"network": "corl"},
     "flax-ln": {"network": "flax", "critic_layer_norm": True},
 }
-
-
-def return_to_go(rewards: np.ndarray, ends: np.ndarray, gamma: float) -> np.ndarray:
-    """Discounted return-to-go of every row, cut at episode ends (terminal or timeout)."""
-    out = np.zeros_like(rewards, dtype=np.float64)
-    acc = 0.0
-    for i in range(len(rewards) - 1, -1, -1):
-        acc = rewards[i] + gamma * (0.0 if ends[i] else acc)
-        out[i] = acc
-    return out
 
 
 def probe_rows(dataset, count: int = 20_000) -> np.ndarray:
@@ -108,7 +98,7 @@ def main() -> None:
     dataset = load_dataset(args.dataset)
     ends = np.logical_or(dataset.terminals, dataset.timeouts)
     rows = probe_rows(dataset)
-    rtg = return_to_go(dataset.rewards, ends, 0.99)[rows]
+    rtg = return_to_go(dataset.rewards, 0.99, ends)[rows]
     print(
         f"{dataset.name}: discounted return-to-go on the probe states, mean {rtg.mean():.1f}, "
         f"99th percentile {np.percentile(rtg, 99):.1f}, max {rtg.max():.1f} "

@@ -345,7 +345,7 @@ def test_killed_run_resumes_to_the_same_parameters(data_path, tmp_path):
     ]
     assert steps_logged == [100, 200, 300]
     # Resuming with other hyperparameters is refused, with the fix named.
-    with pytest.raises(CheckpointError, match="different config"):
+    with pytest.raises(CheckpointError, match=r"different config \(saved -> now: .*actor_bc_coef"):
         train_agent(dataclasses.replace(cfg(part, 400), actor_bc_coef=0.5))
 
 

@@ -193,7 +193,9 @@ def test_resume_continues_the_interrupted_run(pendulum):
     again = train_online(cfg)
     assert again.env_steps == 4000 and again.evals == run.evals
     # Another agent setting in the same folder is refused with the fix.
-    with pytest.raises(CheckpointError, match="--agent-dir"):
+    with pytest.raises(
+        CheckpointError, match=r"expl_noise 0\.1 -> 0\.3\)\. Pass another --agent-dir"
+    ):
         train_online(dataclasses.replace(cfg, expl_noise=0.3))
     assert (cfg.agent_dir / CHECKPOINT_NAME).is_file()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpcdwm.data import return_to_go
 from mpcdwm.evaluate import EvaluateConfig, evaluate, imagined_real_correlation
 from mpcdwm.mpc import MPCConfig
 
@@ -139,6 +140,18 @@ def test_imagined_real_correlation_against_known_returns():
     assert imagined_real_correlation(np.asarray(to_go[:2]), rewards[:2], gamma) is None
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         imagined_real_correlation(np.ones(4), rewards, gamma)
+
+
+def test_return_to_go_restarts_after_episode_ends():
+    rewards = np.asarray([1.0, 2.0, 3.0, 4.0, 5.0])
+    ends = np.asarray([False, True, False, False, True])
+    gamma = 0.5
+    # Episodes [1, 2] and [3, 4, 5], each summed on its own.
+    want = [1 + 0.5 * 2, 2, 3 + 0.5 * 4 + 0.25 * 5, 4 + 0.5 * 5, 5]
+    np.testing.assert_allclose(return_to_go(rewards, gamma, ends), want)
+    # Without ends the whole series is one episode.
+    one = [sum(gamma**k * r for k, r in enumerate(rewards[t:])) for t in range(5)]
+    np.testing.assert_allclose(return_to_go(rewards, gamma), one)
 
 
 def test_deterministic_for_a_seed(cfg, result, tmp_path):

@@ -12,7 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from mpcdwm.checkpoint import PROCESS_START, CheckpointError, load_checkpoint, save_checkpoint
+from mpcdwm.checkpoint import (
+    PROCESS_START,
+    CheckpointError,
+    config_differences,
+    describe_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mpcdwm.nets import MLP
 from mpcdwm.train import RunLogError, fit
 
@@ -214,7 +221,10 @@ def test_damaged_metrics_line_before_the_end_is_an_error(tmp_path, data):
 
 def test_resume_with_other_config_is_refused(tmp_path, data):
     _fit(data, tmp_path, 100)
-    with pytest.raises(CheckpointError, match="different config"):
+    # The refusal names the setting that differs, saved value first.
+    with pytest.raises(
+        CheckpointError, match=r"different config \(saved -> now: lr 0\.01 -> 0\.05\)"
+    ):
         fit(
             name="toy",
             update=_update,
@@ -301,3 +311,17 @@ def test_save_removes_only_stale_temporaries_of_that_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a.ckpt", fresh.name, *(p.name for p in others)]
     )
+
+
+def test_config_differences_name_nested_settings():
+    saved = {"agent": {"lr": 3e-4, "network": "flax"}, "batch": 256, "old": 1}
+    now = {"agent": {"lr": 3e-4, "network": "torch", "new": True}, "batch": 256}
+    diff = config_differences(saved, now)
+    assert diff == {
+        "agent.network": ("flax", "torch"),
+        "agent.new": (None, True),
+        "old": (1, None),
+    }
+    assert config_differences(now, now) == {}
+    line = describe_differences(diff, limit=2)
+    assert line == "agent.network 'flax' -> 'torch', agent.new None -> True, and 1 more"

@@ -187,6 +187,28 @@ def load_checkpoint(
     return state, meta
 
 
+def config_differences(saved: Any, now: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """The settings in which a checkpoint's stored config differs from this run's, as
+    ``{"dotted.key": (saved, now)}``; nested dicts are compared key by key (a key one side
+    lacks shows as ``None`` there), anything else as a whole. Empty when they agree."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return {} if saved == now else {prefix or "config": (saved, now)}
+    diff: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(saved) | set(now), key=str):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        diff.update(config_differences(saved.get(key), now.get(key), name))
+    return diff
+
+
+def describe_differences(diff: dict[str, tuple[Any, Any]], limit: int = 6) -> str:
+    """``config_differences`` as one line: ``lr 3e-4 -> 1e-3, network 'flax' -> 'torch'``
+    (saved -> now), at most ``limit`` settings, then how many more."""
+    parts = [f"{k} {old!r} -> {new!r}" for k, (old, new) in list(diff.items())[:limit]]
+    if len(diff) > limit:
+        parts.append(f"and {len(diff) - limit} more")
+    return ", ".join(parts)
+
+
 def training_progress(meta: dict[str, Any], target: int | None = None) -> str:
     """How far a training run's checkpoint got: "step 550000 of 1000000". The target is the
     one the checkpoint recorded, else ``target`` (what the caller knows of it, for checkpoints

@@ -257,6 +257,22 @@ def next_actions_from(actions: np.ndarray, episode_ends: np.ndarray) -> np.ndarr
     return nxt
 
 
+def return_to_go(
+    rewards: np.ndarray, gamma: float, episode_ends: np.ndarray | None = None
+) -> np.ndarray:
+    """Discounted return-to-go ``G_t = r_t + gamma * G_{t+1}`` of every row of ``rewards (N,)``,
+    float64; the sum restarts after each row where ``episode_ends (N,)`` is true (terminal or
+    timeout), and is cut at the last row (one episode when ``episode_ends`` is None)."""
+    rewards = np.asarray(rewards, np.float64)
+    ends = np.zeros(len(rewards), bool) if episode_ends is None else np.asarray(episode_ends)
+    out = np.zeros_like(rewards)
+    acc = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = rewards[t] + gamma * (0.0 if ends[t] else acc)
+        out[t] = acc
+    return out
+
+
 def make_dataset(
     arrays: Mapping[str, np.ndarray],
     *,

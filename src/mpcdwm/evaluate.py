@@ -41,6 +41,7 @@ from rich.table import Table
 
 from mpcdwm.agents import TrainedAgent, load_agent
 from mpcdwm.checkpoint import checkpoint_digest, checkpoint_file, training_progress
+from mpcdwm.data import return_to_go
 from mpcdwm.envs import GoalRule, make_env, task_rule
 from mpcdwm.files import ensure_writable_dir, write_json_atomic
 from mpcdwm.mpc import PLANNERS, MPCConfig, check_ensemble, make_planner, resolve, validate_config
@@ -155,11 +156,7 @@ def imagined_real_correlation(
         raise ValueError(
             f"imagined {imagined.shape} and rewards {rewards.shape} must be equal 1-D shapes."
         )
-    to_go = np.zeros_like(rewards)
-    acc = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        acc = rewards[t] + gamma * acc
-        to_go[t] = acc
+    to_go = return_to_go(rewards, gamma)
     if len(imagined) < 3 or not np.all(np.isfinite(imagined)):
         return None
     if np.std(imagined) == 0 or np.std(to_go) == 0:

@@ -31,7 +31,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mpcdwm.agents import config_from_dict, rebrac
-from mpcdwm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mpcdwm.checkpoint import (
+    CheckpointError,
+    config_differences,
+    describe_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mpcdwm.envs import env_sizes, limit_kwargs, make_env
 from mpcdwm.minari_io import TRANSITION_FIELDS, Transitions
 from mpcdwm.rollout import run_episodes
@@ -378,13 +384,12 @@ def _load_run(path: Path, meta: dict[str, Any], template: rebrac.TrainState) -> 
     legacy = {"td3": {"network": "flax"}}
     for part in ("collect", "td3"):
         saved_part = {**legacy.get(part, {}), **saved_meta.get(part, {})}
-        if saved_part != meta[part]:
-            diff = {
-                k: (saved_part.get(k), v) for k, v in meta[part].items() if saved_part.get(k) != v
-            }
+        diff = config_differences(saved_part, meta[part], part)
+        if diff:
             raise CheckpointError(
-                f"{path} holds an online agent trained with other settings "
-                f"(saved, requested): {diff}. Pass another --agent-dir, or the same settings."
+                f"{path} holds an online agent trained with other settings (saved -> "
+                f"requested: {describe_differences(diff)}). Pass another --agent-dir, or the "
+                "same settings."
             )
     try:
         state = serialization.from_state_dict(template, raw["train"])

@@ -33,6 +33,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mpcdwm.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
+    config_differences,
+    describe_differences,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
@@ -227,8 +229,12 @@ def fit(
         template = {"train": state, "key": key, "step": np.int64(0)}
         saved, saved_meta = load_checkpoint(ckpt_path, template)
         if not _same_identity(saved_meta.get("config"), meta.get("config")):
+            diff = config_differences(
+                _identity_part(saved_meta.get("config"), meta.get("config")), meta.get("config")
+            )
             raise CheckpointError(
-                f"{ckpt_path} was made with a different config; use a new --out folder or "
+                f"{ckpt_path} was made with a different config (saved -> now: "
+                f"{describe_differences(diff)}); use a new --out folder or "
                 "pass --no-resume to start over."
             )
         state, key, step = saved["train"], saved["key"], int(saved["step"])
@@ -324,10 +330,14 @@ def _same_identity(saved: Any, now: Any) -> bool:
     written (train-agent's ``chunk``, a world model's ``steps`` and ``chunk``: any value
     resumes now), so it no longer decides anything; every other difference does.
     """
+    return _identity_part(saved, now) == (dict(now) if isinstance(now, Mapping) else now)
+
+
+def _identity_part(saved: Any, now: Any) -> Any:
+    """``saved`` without the top-level keys ``now`` no longer has (see ``_same_identity``)."""
     if isinstance(saved, Mapping) and isinstance(now, Mapping):
-        saved = {k: v for k, v in saved.items() if k in now}
-        now = dict(now)
-    return saved == now
+        return {k: v for k, v in saved.items() if k in now}
+    return saved
 
 
 def _round_up(x: int, multiple: int) -> int:
