@@ -218,10 +218,12 @@ CORL_LAST_SCORES: dict[str, dict[str, str]] = {
 }
 
 
-def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int | None] | None:
+def final_estimate(
+    agent_dir: Path,
+) -> tuple[Estimate, int, int | None, dict[int, float]] | None:
     """Final-evaluation normalized score of the seeds at the largest budget: (mean with its
     bootstrap CI over seeds x episodes, updates, batch size or None when the seeds' batches
-    differ), or None without eval files."""
+    differ, each seed's own mean), or None without eval files."""
     runs: dict[int, tuple[int, int, list[float]]] = {}
     for eval_file in sorted(agent_dir.glob("seed*/eval.json")):
         data = json.loads(eval_file.read_text())
@@ -234,7 +236,8 @@ def final_estimate(agent_dir: Path) -> tuple[Estimate, int, int | None] | None:
     kept = {seed: r for seed, r in runs.items() if r[0] == top}
     batches = {batch for _, batch, _ in kept.values()}
     estimate = mean_estimate({seed: scores for seed, (_, _, scores) in kept.items()})
-    return estimate, top, batches.pop() if len(batches) == 1 else None
+    per_seed = {seed: float(np.mean(scores)) for seed, (_, _, scores) in sorted(kept.items())}
+    return estimate, top, batches.pop() if len(batches) == 1 else None, per_seed
 
 
 def scores_table(results: Path, datasets: Path = DATA_SUMMARIES) -> Path:
@@ -249,8 +252,12 @@ def scores_table(results: Path, datasets: Path = DATA_SUMMARIES) -> Path:
         found = final_estimate(agent_dir)
         if found is None:
             continue
-        estimate, steps, batch = found
+        estimate, steps, batch, per_seed = found
         cell = f"{estimate.text()}, {steps // 1000}k x {batch or 'mixed'}"
+        if len(per_seed) > 1:
+            # The CI resamples episodes of these trained policies; how far the seeds' own
+            # means lie apart shows the training's spread, which that CI does not cover.
+            cell += f"; seeds {' / '.join(f'{v:.1f}' for v in per_seed.values())}"
         runs = finished_curves(agent_dir)
         said = verdict(*late_change(runs)[:3]) if runs else "flat"
         if said not in ("flat", "rising by < 2 points"):
@@ -281,12 +288,15 @@ def scores_table(results: Path, datasets: Path = DATA_SUMMARIES) -> Path:
     path = results / "scores.md"
     path.write_text(
         "# Base agents: final scores\n\n"
-        "Normalized score of the final policy (`mpcdwm evaluate --planner none`), mean [bootstrap "
-        "95% CI] over seeds x episodes pooled (episode seeds shared by every agent), then the "
-        "budget (updates x batch) of the seeds at the largest budget; *still rising* / *falling* "
-        "is `convergence.md`'s verdict on the training curve. *data*: the dataset's own mean "
-        "normalized return. Last column, for reference only: CORL's reproduced scores on D4RL's "
-        "datasets of the same name (other data, 1M updates), mean ± std over seeds. Written by "
+        "Normalized score of the final policy (`mpcdwm evaluate --planner none`), mean [bootstrap"
+        " 95% CI] over seeds x episodes pooled (episode seeds shared by every agent), then the "
+        "budget (updates x batch) of the seeds at the largest budget and each seed's own mean "
+        "(the CI resamples episodes of these trained policies, so it does not cover how much "
+        "another training seed would differ: the seeds' spread shows that); *still rising* / "
+        "*falling* is `convergence.md`'s verdict on the training curve. *data*: the dataset's own"
+        " mean normalized return. Last column, for reference only: CORL's reproduced scores on "
+        "D4RL's datasets of the same name (other data, 1M updates), mean ± std over seeds. "
+        "Written by "
         "`benchmarks/train_agents.py`.\n\n" + "\n".join(rows) + "\n"
     )
     return path
