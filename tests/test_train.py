@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from mpcdwm.checkpoint import (
+    MISSING,
     PROCESS_START,
     CheckpointError,
     config_differences,
@@ -319,9 +320,11 @@ def test_config_differences_name_nested_settings():
     diff = config_differences(saved, now)
     assert diff == {
         "agent.network": ("flax", "torch"),
-        "agent.new": (None, True),
-        "old": (1, None),
+        "agent.new": (MISSING, True),
+        "old": (1, MISSING),
     }
     assert config_differences(now, now) == {}
+    # A setting stored as None is not the same as one that is absent.
+    assert config_differences({"a": None}, {}) == {"a": (None, MISSING)}
     line = describe_differences(diff, limit=2)
-    assert line == "agent.network 'flax' -> 'torch', agent.new None -> True, and 1 more"
+    assert line == "agent.network 'flax' -> 'torch', agent.new (missing) -> True, and 1 more"

@@ -23,6 +23,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,16 +188,27 @@ def load_checkpoint(
     return state, meta
 
 
+class _Missing:
+    """The value of a setting one config has and the other lacks (distinct from None)."""
+
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+MISSING = _Missing()
+
+
 def config_differences(saved: Any, now: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
     """The settings in which a checkpoint's stored config differs from this run's, as
-    ``{"dotted.key": (saved, now)}``; nested dicts are compared key by key (a key one side
-    lacks shows as ``None`` there), anything else as a whole. Empty when they agree."""
-    if not (isinstance(saved, dict) and isinstance(now, dict)):
+    ``{"dotted.key": (saved, now)}``; mappings are compared key by key (a key one side lacks
+    is :data:`MISSING` there, which differs from None), anything else with ``==``. Empty
+    exactly when the two are equal."""
+    if not (isinstance(saved, Mapping) and isinstance(now, Mapping)):
         return {} if saved == now else {prefix or "config": (saved, now)}
     diff: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(saved) | set(now), key=str):
         name = f"{prefix}.{key}" if prefix else str(key)
-        diff.update(config_differences(saved.get(key), now.get(key), name))
+        diff.update(config_differences(saved.get(key, MISSING), now.get(key, MISSING), name))
     return diff
 
 

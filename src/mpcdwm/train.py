@@ -228,10 +228,10 @@ def fit(
     if resume and ckpt_path.exists():
         template = {"train": state, "key": key, "step": np.int64(0)}
         saved, saved_meta = load_checkpoint(ckpt_path, template)
-        if not _same_identity(saved_meta.get("config"), meta.get("config")):
-            diff = config_differences(
-                _identity_part(saved_meta.get("config"), meta.get("config")), meta.get("config")
-            )
+        diff = config_differences(
+            _identity_part(saved_meta.get("config"), meta.get("config")), meta.get("config")
+        )
+        if diff:
             raise CheckpointError(
                 f"{ckpt_path} was made with a different config (saved -> now: "
                 f"{describe_differences(diff)}); use a new --out folder or "
@@ -323,18 +323,13 @@ def fit(
     return state, last
 
 
-def _same_identity(saved: Any, now: Any) -> bool:
-    """Whether a checkpoint's stored ``config`` (what must match to resume) matches this run's.
+def _identity_part(saved: Any, now: Any) -> Any:
+    """The part of a checkpoint's stored ``config`` that must match this run's ``now`` to resume.
 
     A top-level key that only the stored one has was dropped from the identity since it was
     written (train-agent's ``chunk``, a world model's ``steps`` and ``chunk``: any value
     resumes now), so it no longer decides anything; every other difference does.
     """
-    return _identity_part(saved, now) == (dict(now) if isinstance(now, Mapping) else now)
-
-
-def _identity_part(saved: Any, now: Any) -> Any:
-    """``saved`` without the top-level keys ``now`` no longer has (see ``_same_identity``)."""
     if isinstance(saved, Mapping) and isinstance(now, Mapping):
         return {k: v for k, v in saved.items() if k in now}
     return saved
