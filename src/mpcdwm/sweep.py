@@ -11,13 +11,18 @@ A sweep file (YAML or TOML)::
     grid:                           # RunConfig fields to vary; dotted keys reach nested configs
       mpc.horizon: [3, 5]
       world_model.kind: [diffusion, flow]
-    retries: 1                      # re-runs of a failed trial before it is reported failed
+    retries: 1                      # re-runs of a trial whose worker died (killed, out of memory)
     cpus_per_trial: 1
 
 ``mpcdwm sweep --config FILE`` starts a local Ray instance (or joins
 ``--address``), runs every trial (a trial resumes if its folder already holds
 finished stages), reports each failure with its error, and writes the report of
 all successful trials to ``OUT/report``.
+
+A trial that raises an error fails at once: the same config would raise again, so it is
+not retried (fix it and rerun the sweep; finished trials are kept). ``retries`` covers
+workers that died. Ray runs its workers at nice 15: on a machine busy with other jobs the
+trials get the CPU last, so give a sweep the machine, or expect it to take longer.
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ def sweep(cfg: SweepConfig) -> Path:
         log_to_driver=False,
     )
     try:
-        task = ray.remote(num_cpus=cpus, max_retries=retries, retry_exceptions=True)(_remote_trial)
+        task = ray.remote(num_cpus=cpus, max_retries=retries, retry_exceptions=False)(_remote_trial)
         refs = {t.name: task.remote(t.run_config) for t in trials}
         results: dict[str, tuple[bool, str]] = {}
         pending = dict(refs)
