@@ -42,6 +42,22 @@ the noisy data.
     python benchmarks/antmaze_reward_probe.py gait --env AntMaze_Large-v5 --noise 0 0.2 \\
         --mean-of-noise 0.2 --steps 10000
 
+``oracle``: the collecting ant itself on the evaluation task (D4RL's start and goal, its time
+limit, no flip rule), steered along the BFS waypoints as collection steers it, greedy and with
+each ``--noise``: the success rate the data's own behaviour reaches on the task the agents are
+scored on. An offline agent that has to infer the route from the final goal should not be
+expected to beat it.
+
+    python benchmarks/antmaze_reward_probe.py oracle --maze Large --noise 0 0.2 --episodes 50
+
+``falls``: how often the goal-reaching ant falls (on its back, or out of Ant-v5's height
+range) while it walks on and on in the open (``mpcdwm/AntGoal-v1`` with a new goal 2-5 m away
+whenever it reaches one, 500-step episodes that a fall ends), per policy file: falls and goals
+per 1000 steps. A maze route of ~650 steps survives a per-step hazard ``h`` with probability
+about ``exp(-650 h)``.
+
+    python benchmarks/antmaze_reward_probe.py falls --ants src/mpcdwm/assets/antgoal-v1-seed0.ckpt
+
 ``fit DATASET``: can an actor-sized MLP fit the data's actions at all, and from which inputs?
 Supervised regression only (no critic, no env): the same 3x256 MLP with a tanh output learns
 the actions from (a) the offline observation, (b) what the collecting ant saw (its 27 entries
@@ -69,6 +85,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -215,7 +232,7 @@ def gait(
     from mpcdwm.collect import shipped_ant
     from mpcdwm.online_td3 import load_policy_file
 
-    policy, _ = load_policy_file(ant or shipped_ant(), env="mpcdwm/AntGoal-v1")
+    policy, _ = load_policy_file(ant or shipped_ant())  # an ant of any AntGoal version
     saturated: list[float] = []
 
     def greedy(x: np.ndarray) -> np.ndarray:
@@ -262,6 +279,102 @@ def drive(
         f"episodes reach their goal; mean |action| {magnitude:.3f}; episode paces "
         f"min / median / max {np.min(paces):.0f} / {np.median(paces):.0f} / {np.max(paces):.0f}"
     )
+
+
+def oracle(maze_size: str, ant: Path | None, noises: list[float], episodes: int) -> None:
+    """The collecting ant, waypoint-steered, on ``mpcdwm/AntMaze_{maze_size}_Eval-v5``: per
+    action noise, success rate (bootstrap 95% CI), steps to the goal and episodes that end
+    with the ant on its back, on the evaluation's episode seeds."""
+    from mpcdwm.collect import shipped_ant
+    from mpcdwm.evaluate import episode_seed
+    from mpcdwm.maze import (
+        ANT_OBS_DIM,
+        _drive_episode,
+        ant_on_its_back,
+        goal_in_heading_frame,
+        route_waypoints,
+    )
+    from mpcdwm.online_td3 import load_policy_file
+    from mpcdwm.report import mean_estimate
+
+    policy, _ = load_policy_file(ant or shipped_ant())  # an ant of any AntGoal version
+    env_id = f"mpcdwm/AntMaze_{maze_size}_Eval-v5"
+    start, goal = D4RL_EVAL_CELLS[maze_size]
+    print(f"{env_id}: the collecting ant steered along BFS waypoints, {episodes} episodes")
+    for noise in noises:
+        env, rng = make_env(env_id), np.random.default_rng(0)
+
+        def act(obs: np.ndarray, waypoint: np.ndarray, noise=noise, rng=rng) -> np.ndarray:
+            ant_obs = obs[2 : 2 + ANT_OBS_DIM]
+            x = np.r_[ant_obs, goal_in_heading_frame(ant_obs, waypoint - obs[:2])]
+            action = np.asarray(policy(x.astype(np.float32)))
+            return np.clip(action + noise * rng.standard_normal(action.shape), -1, 1)
+
+        success, lengths, left, flips_at_wall = [], [], [], []
+        for i in range(episodes):
+            obs, _ = env.reset(seed=episode_seed(0, i))
+            rows: dict[str, list] = {k: [] for k in ("o", "a", "r", "n", "term", "trunc")}
+            maze = env.unwrapped.maze
+            route = route_waypoints(maze, start, goal, obs[-2:])
+            _drive_episode(env, obs, route, act, rows)
+            reached = bool(rows["term"][-1])
+            success.append(float(reached))
+            lengths += [len(rows["a"])] if reached else []
+            last = rows["n"][-1]
+            left.append(float(np.linalg.norm(last[:2] - last[-2:])))
+            back = ant_on_its_back(np.asarray(rows["n"]))
+            if back[-1]:  # where it turned over: the torso's distance to the nearest wall
+                flipped_at = rows["n"][int(np.flatnonzero(~back)[-1]) + 1]
+                flips_at_wall.append(wall_distance(maze, flipped_at[:2]))
+        env.close()
+        rate = mean_estimate({0: success})
+        print(
+            f"noise {noise}: success {rate.text()}; steps to the goal median "
+            f"{np.median(lengths) if lengths else float('nan'):.0f} (max "
+            f"{max(lengths, default=0)}); {len(flips_at_wall)} of {episodes} end on the ant's "
+            f"back, turned over {np.round(sorted(flips_at_wall), 1).tolist()} m from a wall; "
+            f"episodes end {mean_estimate({0: left}).text()} m from the goal",
+            flush=True,
+        )
+
+
+def falls(ants: list[Path], episodes: int) -> None:
+    """Per policy file: falls and goals per 1000 steps of walking on in the open."""
+    from mpcdwm.online_td3 import load_policy_file
+
+    for path in ants:
+        policy, _ = load_policy_file(path)  # an ant of any AntGoal version
+        env = make_env("mpcdwm/AntGoal-v1", resample_goal=True)
+        steps, fell, goals = 0, [], 0
+        for i in range(episodes):
+            obs, _ = env.reset(seed=20_000 + i)
+            done = False
+            while not done:
+                obs, _, terminated, truncated, info = env.step(np.asarray(policy(obs)))
+                steps, done = steps + 1, terminated or truncated
+            fell.append(float(terminated and not info["success"]))
+            goals += info["goals_reached"]
+        env.close()
+        per_1000 = 1000 * np.sum(fell) / steps
+        print(
+            f"{path}: {int(np.sum(fell))} falls in {steps} steps ({episodes} episodes): "
+            f"{per_1000:.2f} per 1000 steps (exp(-0.65 x that) = {np.exp(-0.65 * per_1000):.2f}"
+            f" of 650-step routes without one); {1000 * goals / steps:.1f} goals per 1000 steps",
+            flush=True,
+        )
+
+
+def wall_distance(maze: Any, xy: np.ndarray) -> float:
+    """Distance (m) from ``xy`` to the nearest wall block of a gymnasium-robotics maze."""
+    half = 0.5 * maze.maze_size_scaling
+    best = np.inf
+    for r, row in enumerate(maze.maze_map):
+        for c, cell in enumerate(row):
+            if cell == 1:
+                centre = np.asarray(maze.cell_rowcol_to_xy(np.array([r, c])))
+                gap = np.maximum(np.abs(xy - centre) - half, 0.0)
+                best = min(best, float(np.linalg.norm(gap)))
+    return best
 
 
 def collector_inputs(env_id: str, obs: np.ndarray) -> np.ndarray:
@@ -446,6 +559,14 @@ def main() -> None:
     g.add_argument("--mean-of-noise", type=float, nargs="*", default=[0.2])
     g.add_argument("--steps", type=int, default=6000, help="transitions per setting")
     g.add_argument("--seed", type=int, default=7)
+    fa = sub.add_parser("falls", help="how often the goal-reaching ant falls as it walks on")
+    fa.add_argument("--ants", type=Path, nargs="+", required=True, help="policy files")
+    fa.add_argument("--episodes", type=int, default=40)
+    o = sub.add_parser("oracle", help="the collecting ant itself on the evaluation task")
+    o.add_argument("--maze", choices=sorted(D4RL_EVAL_CELLS), default="Large")
+    o.add_argument("--ant", type=Path, help="a policy file (default: the shipped ant)")
+    o.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.2])
+    o.add_argument("--episodes", type=int, default=50)
     f = sub.add_parser("fit", help="how well an MLP fits the data's actions, by inputs")
     f.add_argument("data")
     f.add_argument("--updates", type=int, default=20_000)
@@ -461,6 +582,10 @@ def main() -> None:
     args = p.parse_args()
     if args.command == "clone":
         clone(args.data, args.inputs, args.updates, args.rows, args.steps, args.seed, args.episodes)
+    elif args.command == "falls":
+        falls(args.ants, args.episodes)
+    elif args.command == "oracle":
+        oracle(args.maze, args.ant, args.noise, args.episodes)
     elif args.command == "fit":
         fit(args.data, args.updates, args.rows)
     elif args.command == "gait":
