@@ -57,6 +57,8 @@ per 1000 steps. A maze route of ~650 steps survives a per-step hazard ``h`` with
 about ``exp(-650 h)``.
 
     python benchmarks/antmaze_reward_probe.py falls --ants src/mpcdwm/assets/antgoal-v1-seed0.ckpt
+    python benchmarks/antmaze_reward_probe.py falls --agent-dir \\
+        ~/.cache/mpcdwm/collect/mpcdwm_AntGoal-v1-seed0 --last 16 --episodes 20
 
 ``fit DATASET``: can an actor-sized MLP fit the data's actions at all, and from which inputs?
 Supervised regression only (no critic, no env): the same 3x256 MLP with a tanh output learns
@@ -338,12 +340,23 @@ def oracle(maze_size: str, ant: Path | None, noises: list[float], episodes: int)
         )
 
 
-def falls(ants: list[Path], episodes: int) -> None:
-    """Per policy file: falls and goals per 1000 steps of walking on in the open."""
-    from mpcdwm.online_td3 import load_policy_file
+def falls(ants: list[Path], episodes: int, agent_dir: Path | None, last: int) -> None:
+    """Per policy file (and per one of the ``last`` evaluation snapshots of the online ant in
+    ``agent_dir``): falls and goals per 1000 steps of walking on in the open."""
+    from mpcdwm.online_td3 import load_policies, load_policy_file
 
-    for path in ants:
-        policy, _ = load_policy_file(path)  # an ant of any AntGoal version
+    named = [(str(path), load_policy_file(path)[0]) for path in ants]  # any AntGoal version
+    if agent_dir is not None:
+        progress = load_policies(agent_dir, [])[1]
+        chosen = list(range(len(progress["evals"])))[-last:]
+        policies, _ = load_policies(agent_dir, chosen)
+        for i, policy in zip(chosen, policies, strict=True):
+            evaluation = progress["evals"][i]
+            label = (
+                f"snapshot at {evaluation['env_steps']} (training eval {evaluation['return']:.1f})"
+            )
+            named.append((label, policy))
+    for label, policy in named:
         env = make_env("mpcdwm/AntGoal-v1", resample_goal=True)
         steps, fell, goals = 0, [], 0
         for i in range(episodes):
@@ -357,7 +370,7 @@ def falls(ants: list[Path], episodes: int) -> None:
         env.close()
         per_1000 = 1000 * np.sum(fell) / steps
         print(
-            f"{path}: {int(np.sum(fell))} falls in {steps} steps ({episodes} episodes): "
+            f"{label}: {int(np.sum(fell))} falls in {steps} steps ({episodes} episodes): "
             f"{per_1000:.2f} per 1000 steps (exp(-0.65 x that) = {np.exp(-0.65 * per_1000):.2f}"
             f" of 650-step routes without one); {1000 * goals / steps:.1f} goals per 1000 steps",
             flush=True,
@@ -560,7 +573,9 @@ def main() -> None:
     g.add_argument("--steps", type=int, default=6000, help="transitions per setting")
     g.add_argument("--seed", type=int, default=7)
     fa = sub.add_parser("falls", help="how often the goal-reaching ant falls as it walks on")
-    fa.add_argument("--ants", type=Path, nargs="+", required=True, help="policy files")
+    fa.add_argument("--ants", type=Path, nargs="*", default=[], help="policy files")
+    fa.add_argument("--agent-dir", type=Path, help="an online ant's folder: its snapshots")
+    fa.add_argument("--last", type=int, default=10, help="how many of its last snapshots")
     fa.add_argument("--episodes", type=int, default=40)
     o = sub.add_parser("oracle", help="the collecting ant itself on the evaluation task")
     o.add_argument("--maze", choices=sorted(D4RL_EVAL_CELLS), default="Large")
@@ -583,7 +598,7 @@ def main() -> None:
     if args.command == "clone":
         clone(args.data, args.inputs, args.updates, args.rows, args.steps, args.seed, args.episodes)
     elif args.command == "falls":
-        falls(args.ants, args.episodes)
+        falls(args.ants, args.episodes, args.agent_dir, args.last)
     elif args.command == "oracle":
         oracle(args.maze, args.ant, args.noise, args.episodes)
     elif args.command == "fit":
