@@ -340,15 +340,19 @@ def oracle(maze_size: str, ant: Path | None, noises: list[float], episodes: int)
         )
 
 
-def falls(ants: list[Path], episodes: int, agent_dir: Path | None, last: int) -> None:
+def falls(
+    ants: list[Path], episodes: int, agent_dir: Path | None, last: int, at: list[int]
+) -> None:
     """Per policy file (and per one of the ``last`` evaluation snapshots of the online ant in
-    ``agent_dir``): falls and goals per 1000 steps of walking on in the open."""
+    ``agent_dir``, or those taken at the env steps ``at``): falls and goals per 1000 steps of
+    walking on in the open."""
     from mpcdwm.online_td3 import load_policies, load_policy_file
 
     named = [(str(path), load_policy_file(path)[0]) for path in ants]  # any AntGoal version
     if agent_dir is not None:
         progress = load_policies(agent_dir, [])[1]
-        chosen = list(range(len(progress["evals"])))[-last:]
+        steps_of = [int(e["env_steps"]) for e in progress["evals"]]
+        chosen = [steps_of.index(n) for n in at] if at else list(range(len(steps_of)))[-last:]
         policies, _ = load_policies(agent_dir, chosen)
         for i, policy in zip(chosen, policies, strict=True):
             evaluation = progress["evals"][i]
@@ -576,6 +580,9 @@ def main() -> None:
     fa.add_argument("--ants", type=Path, nargs="*", default=[], help="policy files")
     fa.add_argument("--agent-dir", type=Path, help="an online ant's folder: its snapshots")
     fa.add_argument("--last", type=int, default=10, help="how many of its last snapshots")
+    fa.add_argument(
+        "--at", type=int, nargs="*", default=[], help="or the snapshots at these env steps"
+    )
     fa.add_argument("--episodes", type=int, default=40)
     o = sub.add_parser("oracle", help="the collecting ant itself on the evaluation task")
     o.add_argument("--maze", choices=sorted(D4RL_EVAL_CELLS), default="Large")
@@ -598,7 +605,7 @@ def main() -> None:
     if args.command == "clone":
         clone(args.data, args.inputs, args.updates, args.rows, args.steps, args.seed, args.episodes)
     elif args.command == "falls":
-        falls(args.ants, args.episodes, args.agent_dir, args.last)
+        falls(args.ants, args.episodes, args.agent_dir, args.last, args.at)
     elif args.command == "oracle":
         oracle(args.maze, args.ant, args.noise, args.episodes)
     elif args.command == "fit":
