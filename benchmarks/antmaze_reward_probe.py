@@ -289,13 +289,7 @@ def oracle(maze_size: str, ant: Path | None, noises: list[float], episodes: int)
     with the ant on its back, on the evaluation's episode seeds."""
     from mpcdwm.collect import shipped_ant
     from mpcdwm.evaluate import episode_seed
-    from mpcdwm.maze import (
-        ANT_OBS_DIM,
-        _drive_episode,
-        ant_on_its_back,
-        goal_in_heading_frame,
-        route_waypoints,
-    )
+    from mpcdwm.maze import _drive_episode, ant_on_its_back, route_waypoints, waypoint_steering
     from mpcdwm.online_td3 import load_policy_file
     from mpcdwm.report import mean_estimate
 
@@ -304,14 +298,8 @@ def oracle(maze_size: str, ant: Path | None, noises: list[float], episodes: int)
     start, goal = D4RL_EVAL_CELLS[maze_size]
     print(f"{env_id}: the collecting ant steered along BFS waypoints, {episodes} episodes")
     for noise in noises:
-        env, rng = make_env(env_id), np.random.default_rng(0)
-
-        def act(obs: np.ndarray, waypoint: np.ndarray, noise=noise, rng=rng) -> np.ndarray:
-            ant_obs = obs[2 : 2 + ANT_OBS_DIM]
-            x = np.r_[ant_obs, goal_in_heading_frame(ant_obs, waypoint - obs[:2])]
-            action = np.asarray(policy(x.astype(np.float32)))
-            return np.clip(action + noise * rng.standard_normal(action.shape), -1, 1)
-
+        env = make_env(env_id)
+        act = waypoint_steering(policy, noise, np.random.default_rng(0))  # collection's own
         success, lengths, left, flips_at_wall = [], [], [], []
         for i in range(episodes):
             obs, _ = env.reset(seed=episode_seed(0, i))
@@ -346,37 +334,27 @@ def falls(
     """Per policy file (and per one of the ``last`` evaluation snapshots of the online ant in
     ``agent_dir``, or those taken at the env steps ``at``): falls and goals per 1000 steps of
     walking on in the open."""
+    from mpcdwm.maze import ant_goal_episodes
     from mpcdwm.online_td3 import load_policies, load_policy_file
 
     named = [(str(path), load_policy_file(path)[0]) for path in ants]  # any AntGoal version
     if agent_dir is not None:
-        progress = load_policies(agent_dir, [])[1]
-        steps_of = [int(e["env_steps"]) for e in progress["evals"]]
-        chosen = [steps_of.index(n) for n in at] if at else list(range(len(steps_of)))[-last:]
-        policies, _ = load_policies(agent_dir, chosen)
-        for i, policy in zip(chosen, policies, strict=True):
-            evaluation = progress["evals"][i]
-            label = (
-                f"snapshot at {evaluation['env_steps']} (training eval {evaluation['return']:.1f})"
-            )
-            named.append((label, policy))
+        policies, progress = load_policies(agent_dir)  # one per evaluation, one read
+        evals = progress["evals"]
+        steps_of = [int(e["env_steps"]) for e in evals]
+        chosen = [steps_of.index(n) for n in at] if at else list(range(len(evals)))[-last:]
+        for i in chosen:
+            label = f"snapshot at {steps_of[i]} (training eval {evals[i]['return']:.1f})"
+            named.append((label, policies[i]))
     for label, policy in named:
-        env = make_env("mpcdwm/AntGoal-v1", resample_goal=True)
-        steps, fell, goals = 0, [], 0
-        for i in range(episodes):
-            obs, _ = env.reset(seed=20_000 + i)
-            done = False
-            while not done:
-                obs, _, terminated, truncated, info = env.step(np.asarray(policy(obs)))
-                steps, done = steps + 1, terminated or truncated
-            fell.append(float(terminated and not info["success"]))
-            goals += info["goals_reached"]
-        env.close()
-        per_1000 = 1000 * np.sum(fell) / steps
+        played = ant_goal_episodes(policy, episodes, seed=20_000, resample_goal=True)
+        steps, fell = int(played["steps"].sum()), int(played["fell"].sum())
+        per_1000 = 1000 * fell / steps
         print(
-            f"{label}: {int(np.sum(fell))} falls in {steps} steps ({episodes} episodes): "
+            f"{label}: {fell} falls in {steps} steps ({episodes} episodes): "
             f"{per_1000:.2f} per 1000 steps (exp(-0.65 x that) = {np.exp(-0.65 * per_1000):.2f}"
-            f" of 650-step routes without one); {1000 * goals / steps:.1f} goals per 1000 steps",
+            f" of 650-step routes without one); "
+            f"{1000 * played['goals'].sum() / steps:.1f} goals per 1000 steps",
             flush=True,
         )
 

@@ -198,14 +198,20 @@ class AntGoalEnv(gym.Env):
 
 
 def ant_goal_episodes(
-    policy: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int
+    policy: Callable[[np.ndarray], np.ndarray],
+    episodes: int,
+    seed: int,
+    resample_goal: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Play ``policy`` (29 inputs -> 8 actions) for ``episodes`` evaluation episodes of
-    ``mpcdwm/AntGoal-v1`` with ``resample_goal=False`` (an episode ends at its goal, on a fall,
-    on the ant's back or at the 500-step limit); episode ``j`` resets with ``seed + j``.
-    Returns per episode ``success`` (bool), ``steps`` (int) and ``flipped`` (bool)."""
-    env = make_env("mpcdwm/AntGoal-v1", resample_goal=False)
-    success, steps, flipped = [], [], []
+    """Play ``policy`` (29 inputs -> 8 actions) for ``episodes`` episodes of
+    ``mpcdwm/AntGoal-v1``; episode ``j`` resets with ``seed + j``. By default evaluation
+    episodes (``resample_goal=False``: an episode ends at its goal, on a fall, on the ant's
+    back or at the 500-step limit); with ``resample_goal`` the ant walks on to a new goal
+    at each one until it falls or time runs out. Returns per episode ``success`` (bool, the
+    last step reached a goal), ``steps`` (int), ``flipped`` (bool), ``fell`` (bool: ended by
+    a fall, Ant-v5's height rule or on its back) and ``goals`` (int, goals reached)."""
+    env = make_env("mpcdwm/AntGoal-v1", resample_goal=resample_goal)
+    out: dict[str, list] = {k: [] for k in ("success", "steps", "flipped", "fell", "goals")}
     for j in range(episodes):
         obs, _ = env.reset(seed=seed + j)
         done, t = False, 0
@@ -213,11 +219,13 @@ def ant_goal_episodes(
             obs, _, terminated, truncated, info = env.step(policy(obs))
             t += 1
             done = terminated or truncated
-        success.append(bool(info["success"]))
-        steps.append(t)
-        flipped.append(bool(info["flipped"]))
+        out["success"].append(bool(info["success"]))
+        out["steps"].append(t)
+        out["flipped"].append(bool(info["flipped"]))
+        out["fell"].append(bool(terminated and not info["success"]))
+        out["goals"].append(int(info["goals_reached"]))
     env.close()
-    return {"success": np.array(success), "steps": np.array(steps), "flipped": np.array(flipped)}
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def bfs_path(maze_map: list[list[int]], start: Cell, goal: Cell) -> list[Cell]:
@@ -485,6 +493,24 @@ def antmaze_cells(maze_map: list[list[Any]], env_id: str, recipe: str) -> list[C
     return free
 
 
+def waypoint_steering(
+    policy: Callable[[np.ndarray], np.ndarray], noise: float, rng: np.random.Generator
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``act(obs, waypoint) -> action (8,)``: the goal-reaching ``policy`` steered toward
+    ``waypoint`` (2,) from a flattened AntMaze observation ``obs`` (31,), as collection drives
+    it: it sees the ant's 27 entries and the waypoint relative to the torso in its heading's
+    frame, and its action gets N(0, ``noise``) from ``rng``, clipped to [-1, 1]."""
+
+    def act(obs: np.ndarray, waypoint: np.ndarray) -> np.ndarray:
+        ant = obs[2 : 2 + ANT_OBS_DIM]
+        low_level = np.concatenate([ant, goal_in_heading_frame(ant, waypoint - obs[:2])])
+        action = np.asarray(policy(low_level.astype(np.float32)))
+        action = np.clip(action + noise * rng.standard_normal(action.shape), -1.0, 1.0)
+        return action.astype(np.float32)
+
+    return act
+
+
 def collect_antmaze(
     env_id: str,
     policy: Callable[[np.ndarray], np.ndarray],
@@ -523,13 +549,7 @@ def collect_antmaze(
     rng = np.random.default_rng(seed)
     rows: dict[str, list[Any]] = {k: [] for k in TRANSITION_FIELDS}
 
-    def act(obs: np.ndarray, waypoint: np.ndarray) -> np.ndarray:
-        ant = obs[2 : 2 + ANT_OBS_DIM]
-        low_level = np.concatenate([ant, goal_in_heading_frame(ant, waypoint - obs[:2])])
-        action = np.asarray(policy(low_level.astype(np.float32)))
-        action = np.clip(action + noise * rng.standard_normal(action.shape), -1.0, 1.0)
-        return action.astype(np.float32)
-
+    act = waypoint_steering(policy, noise, rng)
     ep = 0
     while len(rows["actions"]) < steps:
         picks = rng.choice(len(cells), size=2, replace=len(cells) < 2)
