@@ -54,7 +54,8 @@ expected to beat it.
 range) while it walks on and on in the open (``mpcdwm/AntGoal-v1`` with a new goal 2-5 m away
 whenever it reaches one, 500-step episodes that a fall ends), per policy file: falls and goals
 per 1000 steps. A maze route of ~650 steps survives a per-step hazard ``h`` with probability
-about ``exp(-650 h)``.
+about ``exp(-650 h)``. ``--env mpcdwm/AntRoute-v1``: routes between random cells of the large
+maze instead (:class:`mpcdwm.maze.AntRouteEnv`), with the share that reach their goal.
 
     python benchmarks/antmaze_reward_probe.py falls --ants src/mpcdwm/assets/antgoal-v1-seed0.ckpt
     python benchmarks/antmaze_reward_probe.py falls --agent-dir \\
@@ -329,11 +330,17 @@ def oracle(maze_size: str, ant: Path | None, noises: list[float], episodes: int)
 
 
 def falls(
-    ants: list[Path], episodes: int, agent_dir: Path | None, last: int, at: list[int]
+    ants: list[Path],
+    episodes: int,
+    agent_dir: Path | None,
+    last: int,
+    at: list[int],
+    env_id: str = "mpcdwm/AntGoal-v1",
 ) -> None:
     """Per policy file (and per one of the ``last`` evaluation snapshots of the online ant in
     ``agent_dir``, or those taken at the env steps ``at``): falls and goals per 1000 steps of
-    walking on in the open."""
+    walking on in the open (``mpcdwm/AntGoal-v1``), or of routes through the large maze
+    (``mpcdwm/AntRoute-v1``, with the share of routes that reach their goal)."""
     from mpcdwm.maze import ant_goal_episodes
     from mpcdwm.online_td3 import load_policies, load_policy_file
 
@@ -342,16 +349,28 @@ def falls(
         policies, progress = load_policies(agent_dir)  # one per evaluation, one read
         evals = progress["evals"]
         steps_of = [int(e["env_steps"]) for e in evals]
+        missing = sorted(set(at) - set(steps_of))
+        if missing:
+            raise SystemExit(
+                f"{agent_dir} has no snapshot at env steps {missing}; it has "
+                f"{steps_of[0]}..{steps_of[-1]} every {steps_of[1] - steps_of[0]}."
+            )
         chosen = [steps_of.index(n) for n in at] if at else list(range(len(evals)))[-last:]
         for i in chosen:
             label = f"snapshot at {steps_of[i]} (training eval {evals[i]['return']:.1f})"
             named.append((label, policies[i]))
     for label, policy in named:
-        played = ant_goal_episodes(policy, episodes, seed=20_000, resample_goal=True)
+        in_open = env_id == "mpcdwm/AntGoal-v1"
+        played = ant_goal_episodes(
+            policy, episodes, seed=20_000, resample_goal=in_open, env_id=env_id
+        )
         steps, fell = int(played["steps"].sum()), int(played["fell"].sum())
+        on_back = int((played["fell"] & played["flipped"]).sum())
         per_1000 = 1000 * fell / steps
+        routes = "" if in_open else f"routes reaching the goal {played['success'].mean():.2f}; "
         print(
-            f"{label}: {fell} falls in {steps} steps ({episodes} episodes): "
+            f"{label} on {env_id}: {routes}{fell} falls ({on_back} on its back, the rest out of "
+            f"Ant-v5's heights) in {steps} steps ({episodes} episodes): "
             f"{per_1000:.2f} per 1000 steps (exp(-0.65 x that) = {np.exp(-0.65 * per_1000):.2f}"
             f" of 650-step routes without one); "
             f"{1000 * played['goals'].sum() / steps:.1f} goals per 1000 steps",
@@ -562,6 +581,12 @@ def main() -> None:
         "--at", type=int, nargs="*", default=[], help="or the snapshots at these env steps"
     )
     fa.add_argument("--episodes", type=int, default=40)
+    fa.add_argument(
+        "--env",
+        choices=["mpcdwm/AntGoal-v1", "mpcdwm/AntRoute-v1"],
+        default="mpcdwm/AntGoal-v1",
+        help="walk on in the open, or routes through the large maze",
+    )
     o = sub.add_parser("oracle", help="the collecting ant itself on the evaluation task")
     o.add_argument("--maze", choices=sorted(D4RL_EVAL_CELLS), default="Large")
     o.add_argument("--ant", type=Path, help="a policy file (default: the shipped ant)")
@@ -583,7 +608,7 @@ def main() -> None:
     if args.command == "clone":
         clone(args.data, args.inputs, args.updates, args.rows, args.steps, args.seed, args.episodes)
     elif args.command == "falls":
-        falls(args.ants, args.episodes, args.agent_dir, args.last, args.at)
+        falls(args.ants, args.episodes, args.agent_dir, args.last, args.at, args.env)
     elif args.command == "oracle":
         oracle(args.maze, args.ant, args.noise, args.episodes)
     elif args.command == "fit":

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from mpcdwm.envs import make_env
-from mpcdwm.maze import ANT_GOAL_REWARD, ANT_OBS_DIM, AntGoalEnv, ant_goal_episodes
+from mpcdwm.maze import (
+    ANT_GOAL_REWARD,
+    ANT_OBS_DIM,
+    AntGoalEnv,
+    AntRouteEnv,
+    ant_goal_episodes,
+    bfs_path,
+)
 
 
 def _moving(env, velocity_x: float) -> tuple[float, dict]:
@@ -137,3 +144,90 @@ def test_the_shipped_ant_walks_to_its_goals_where_a_random_policy_does_not():
     )
     assert random_ant["success"].mean() == 0.0
     assert ant_goal_episodes(policy, 10, seed=50_000)["success"].mean() >= 0.8
+
+
+# ------------------------------------------------------------------ the ant inside a maze
+
+
+def _place(env, xy: np.ndarray, velocity: np.ndarray | None = None) -> None:
+    """Put the route env's torso at ``xy`` (2,), upright, with planar ``velocity``."""
+    ant = env.unwrapped.maze_env.ant_env
+    qpos, qvel = ant.data.qpos.copy(), np.zeros_like(ant.data.qvel)
+    qpos[:2] = xy
+    if velocity is not None:
+        qvel[:2] = velocity
+    ant.set_state(qpos, qvel)
+
+
+def test_the_route_env_hands_the_ant_its_next_waypoint_as_collection_does():
+    env = make_env("mpcdwm/AntRoute-v1")
+    assert env.spec.max_episode_steps == 1000  # D4RL's large-maze limit
+    obs, info = env.reset(seed=5)
+    route_env = env.unwrapped
+    ant = route_env.maze_env.ant_env
+    assert obs.shape == (ANT_OBS_DIM + 2,) and obs.dtype == np.float32
+    np.testing.assert_allclose(obs[:13], ant.data.qpos[2:], atol=1e-6)
+    np.testing.assert_allclose(obs[13:ANT_OBS_DIM], ant.data.qvel, atol=1e-6)
+    maze = route_env.maze
+    start = tuple(maze.cell_xy_to_rowcol(route_env.xy()))
+    goal = tuple(maze.cell_xy_to_rowcol(info["goal"]))
+    assert start != goal and len(route_env.route) == len(bfs_path(maze.maze_map, start, goal)) - 1
+    offset = info["waypoint"] - route_env.xy()
+    assert np.linalg.norm(obs[ANT_OBS_DIM:]) == pytest.approx(np.linalg.norm(offset), rel=1e-5)
+    # Within half a cell of a waypoint, the ant is handed the next one.
+    first = route_env.k
+    _place(env, route_env.route[first])
+    _, _, _, _, info = env.step(np.zeros(8, np.float32))
+    assert route_env.k == first + 1
+    np.testing.assert_array_equal(info["waypoint"], route_env.route[first + 1])
+    again, _ = make_env("mpcdwm/AntRoute-v1").reset(seed=5)
+    np.testing.assert_array_equal(obs, again)  # one seed fixes the cells and the ant
+
+
+def test_the_route_env_pays_progress_toward_the_waypoint_and_ends_at_the_goal_or_a_fall():
+    env = make_env("mpcdwm/AntRoute-v1")
+    rewards = {}
+    for sign in (1.0, -1.0):
+        env.reset(seed=0)
+        route_env = env.unwrapped
+        here = route_env.xy()
+        toward = route_env.route[route_env.k] - here
+        _place(env, here, sign * 2.0 * toward / np.linalg.norm(toward))
+        _, rewards[sign], terminated, _, info = env.step(np.zeros(8, np.float32))
+        assert not terminated and not info["success"]
+    # 2 m/s toward the waypoint earns about 4 per step more than 2 m/s away from it.
+    assert rewards[1.0] - rewards[-1.0] == pytest.approx(4.0, abs=1.0)
+    env.reset(seed=0)
+    _place(env, env.unwrapped.route[-1])  # at the goal
+    _, reward, terminated, _, info = env.step(np.zeros(8, np.float32))
+    assert info["success"] and terminated and reward >= env.unwrapped.goal_bonus
+    env.reset(seed=0)
+    ant = env.unwrapped.maze_env.ant_env
+    qpos = ant.data.qpos.copy()
+    qpos[2], qpos[3:7] = 0.5, [0.0, 1.0, 0.0, 0.0]  # on its back, at a healthy height
+    ant.set_state(qpos, np.zeros_like(ant.data.qvel))
+    _, _, terminated, _, info = env.step(np.zeros(8, np.float32))
+    assert terminated and info["flipped"] and not info["success"]
+    with pytest.raises(ValueError, match="mazes are"):
+        AntRouteEnv(maze="Open")
+
+
+def test_the_shipped_ant_walks_maze_routes_where_a_random_policy_falls():
+    """The shipped ant, handed the route's waypoints, walks between random cells of the large
+    maze (0.83 of 60 routes in BENCHMARKS); random torques fall within a few dozen steps."""
+    from mpcdwm.collect import shipped_ant
+    from mpcdwm.online_td3 import load_policy_file
+
+    policy, _ = load_policy_file(shipped_ant())
+    walked = ant_goal_episodes(policy, 6, seed=60_000, env_id="mpcdwm/AntRoute-v1")
+    assert walked["success"].sum() >= 5, walked
+    rng = np.random.default_rng(0)
+    random_ant = ant_goal_episodes(
+        lambda obs: rng.uniform(-1, 1, 8).astype(np.float32),
+        3,
+        seed=60_000,
+        env_id="mpcdwm/AntRoute-v1",
+    )
+    assert not random_ant["success"].any() and random_ant["fell"].all()
+    with pytest.raises(ValueError, match="resample_goal"):
+        ant_goal_episodes(policy, 1, seed=0, resample_goal=True, env_id="mpcdwm/AntRoute-v1")

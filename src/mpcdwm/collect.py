@@ -666,7 +666,8 @@ def _ant_driver(cfg: CollectConfig, ant_dir: Path) -> tuple[Callable, int, str]:
         raise CheckpointError(
             f"AntMaze collection drives a goal-reaching ant: no online agent at {ant_dir}. "
             f"Train it first with `mpcdwm collect --env {ANT_GOAL_ENV} --recipe expert "
-            f"--seed {cfg.seed} --train-steps 1000000` (resumable), or pass --agent-dir."
+            f"--seed {cfg.seed} --train-steps 800000 --start-steps 25000` (resumable; how the "
+            "shipped ant was trained), or pass --agent-dir."
         )
     snapshot = chosen_expert(ant_dir)
     policy, progress = load_policy(ant_dir, snapshot)

@@ -50,6 +50,7 @@ ANTMAZE_V5_DEFAULTS: dict[str, Any] = {"include_cfrc_ext_in_observation": False}
 
 MPCDWM_ENVS: dict[str, dict[str, Any]] = {
     "mpcdwm/AntGoal-v1": {"entry_point": "mpcdwm.maze:AntGoalEnv", "max_episode_steps": 500},
+    "mpcdwm/AntRoute-v1": {"entry_point": "mpcdwm.maze:AntRouteEnv", "max_episode_steps": 1000},
     **{
         f"mpcdwm/AntMaze_{size}_Eval-v5": {
             "entry_point": "mpcdwm.maze:make_eval_antmaze",
