@@ -679,6 +679,12 @@ def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
     """AntMaze: drive the trained goal-reaching ant along BFS waypoints (``play``/``diverse``)."""
     ant_dir = agent_dir_of(dataclasses.replace(cfg, env=ANT_GOAL_ENV))
     policy, driver_steps, driver = _ant_driver(cfg, ant_dir)
+    # An ant trained on this machine outranks the shipped one: say which drives, since a newer
+    # package's ant is not used while an older cached one exists.
+    Console(stderr=True, soft_wrap=True).print(
+        f"[collect] AntMaze: driving the goal-reaching ant {driver} ({driver_steps} env steps "
+        "of TD3; --agent-dir picks another)"
+    )
     return maze.write_antmaze_dataset(
         cfg.env,
         policy,
