@@ -398,8 +398,9 @@ def collect(cfg: CollectConfig) -> str:
             dataset_id=dataset_id,
             overwrite=cfg.overwrite,
         )
+    console = Console(stderr=True, soft_wrap=True)
     if cfg.env.startswith("AntMaze"):
-        return _collect_antmaze(cfg, dataset_id)
+        return _collect_antmaze(cfg, dataset_id, console)
     if cfg.recipe != "random" and not cfg.policy:
         ensure_writable_dir(agent_dir_of(cfg), "--agent-dir")
     if cfg.save_policy is not None:
@@ -409,7 +410,6 @@ def collect(cfg: CollectConfig) -> str:
                 f"--save-policy {cfg.save_policy} exists; pass another path, or --overwrite to "
                 "replace it (and the dataset)."
             )
-    console = Console(stderr=True, soft_wrap=True)
     noise = TD3_ROLLOUT_NOISE if cfg.rollout_noise is None else cfg.rollout_noise
     td3 = rebrac.td3_config(batch_size=cfg.batch_size)
     d4rl = ref_scores_for(cfg.env)
@@ -675,13 +675,13 @@ def _ant_driver(cfg: CollectConfig, ant_dir: Path) -> tuple[Callable, int, str]:
     return policy, int(steps), str(ant_dir)
 
 
-def _collect_antmaze(cfg: CollectConfig, dataset_id: str) -> str:
+def _collect_antmaze(cfg: CollectConfig, dataset_id: str, console: Console) -> str:
     """AntMaze: drive the trained goal-reaching ant along BFS waypoints (``play``/``diverse``)."""
     ant_dir = agent_dir_of(dataclasses.replace(cfg, env=ANT_GOAL_ENV))
     policy, driver_steps, driver = _ant_driver(cfg, ant_dir)
     # An ant trained on this machine outranks the shipped one: say which drives, since a newer
     # package's ant is not used while an older cached one exists.
-    Console(stderr=True, soft_wrap=True).print(
+    console.print(
         f"[collect] AntMaze: driving the goal-reaching ant {driver} ({driver_steps} env steps "
         "of TD3; --agent-dir picks another)"
     )

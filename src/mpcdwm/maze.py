@@ -78,6 +78,22 @@ def goal_in_heading_frame(ant_obs: np.ndarray, offset_xy: np.ndarray) -> np.ndar
     return np.array([c * dx + s * dy, -s * dx + c * dy])
 
 
+def walking_reward(before: float, after: float, dt: float, ant_info: dict[str, Any]) -> float:
+    """The goal-reaching ant's reward for one step, before any goal bonus: the torso's velocity
+    toward its target (m/s, distances ``before`` and ``after`` the step of ``dt`` seconds) plus
+    Ant-v5's survive bonus, control and contact costs from its step ``ant_info`` (at the weights
+    of :data:`ANT_GOAL_REWARD`, which the env was made with)."""
+    return (before - after) / dt + sum(
+        float(ant_info[k]) for k in ("reward_survive", "reward_ctrl", "reward_contact")
+    )
+
+
+def torso_on_its_back(qpos: np.ndarray) -> bool:
+    """Whether the ant with MuJoCo ``qpos`` (x, y, z, then the torso's quaternion w, x, y, z,
+    then the joints) lies on its back (:func:`upside_down`)."""
+    return bool(upside_down(qpos[4], qpos[5]))
+
+
 class AntGoalEnv(gym.Env):
     """Gymnasium's Ant (v5) walking to a goal: the low-level task of AntMaze collection.
 
@@ -159,9 +175,8 @@ class AntGoalEnv(gym.Env):
         }
 
     def flipped(self) -> bool:
-        """Whether the torso lies on its back (:func:`upside_down`)."""
-        _, qx, qy, _ = self.ant.data.qpos[3:7]
-        return bool(upside_down(qx, qy))
+        """Whether the torso lies on its back (:func:`torso_on_its_back`)."""
+        return torso_on_its_back(self.ant.data.qpos)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -177,9 +192,7 @@ class AntGoalEnv(gym.Env):
         before = np.linalg.norm(self.goal - self.xy())
         ant_obs, _, terminated, _, info = self.ant.step(action)
         after = np.linalg.norm(self.goal - self.xy())
-        reward = (before - after) / self.dt + sum(
-            float(info[k]) for k in ("reward_survive", "reward_ctrl", "reward_contact")
-        )
+        reward = walking_reward(before, after, self.dt, info)
         success = bool(after < self.goal_radius)
         if success:
             reward += self.goal_bonus
@@ -217,7 +230,8 @@ class AntRouteEnv(gym.Env):
     :data:`ANT_GOAL_REWARD`'s weights. A fall (Ant-v5's height rule) or an ant on its back
     ends the episode. Why: the open-arena ant falls ~0.5 times per 1000 steps and most of the
     data's failed routes end in a fall at the maze's turns and walls, which an ant trained in
-    the open never meets. ``info``: ``goal`` (2,), ``success``, ``waypoint`` (2,), ``flipped``.
+    the open never meets. ``info``: ``goal`` (2,), ``success``, ``goals_reached`` (0 or 1),
+    ``waypoint`` (2,), ``flipped``.
     Registered as ``mpcdwm/AntRoute-v1`` (the large maze, 1000 steps, D4RL's time limit).
     """
 
@@ -253,6 +267,7 @@ class AntRouteEnv(gym.Env):
         return {
             "goal": self.route[-1].copy(),
             "success": success,
+            "goals_reached": int(success),  # one goal per episode
             "waypoint": self.route[self.k].copy(),
             "flipped": flipped,
         }
@@ -275,13 +290,9 @@ class AntRouteEnv(gym.Env):
         before = np.linalg.norm(target - self.xy())
         obs, _, _, _, info = self.maze_env.step(action)
         after = np.linalg.norm(target - self.xy())
-        reward = (before - after) / self.dt + sum(
-            float(info[k]) for k in ("reward_survive", "reward_ctrl", "reward_contact")
-        )
         success = bool(info["success"])
-        reward += self.goal_bonus * success
-        _, qx, qy, _ = self.maze_env.ant_env.data.qpos[3:7]
-        flipped = bool(upside_down(qx, qy))
+        reward = walking_reward(before, after, self.dt, info) + self.goal_bonus * success
+        flipped = torso_on_its_back(self.maze_env.ant_env.data.qpos)
         terminated = success or flipped or not self.maze_env.ant_env.is_healthy
         self.k = next_waypoint(self.maze, self.route, self.xy(), self.k)
         return (
@@ -328,7 +339,7 @@ def ant_goal_episodes(
         out["steps"].append(t)
         out["flipped"].append(bool(info["flipped"]))
         out["fell"].append(bool(terminated and not info["success"]))
-        out["goals"].append(int(info.get("goals_reached", info["success"])))
+        out["goals"].append(int(info["goals_reached"]))
     env.close()
     return {k: np.array(v) for k, v in out.items()}
 
