@@ -206,7 +206,7 @@ def select_expert(
         )
         if console is not None and cfg.progress:
             console.print(
-                f"[collect] expert candidate {n + 1}/{len(candidates)} (env step "
+                f"\\[collect] expert candidate {n + 1}/{len(candidates)} (env step "
                 f"{rows[-1]['env_steps']}): {rows[-1]['select_return']:.1f} over "
                 f"{cfg.expert_select_episodes} episodes with noise {noise:g}"
             )
@@ -599,7 +599,7 @@ def train_online(
 
     if ckpt_path.exists():
         run = _load_run(ckpt_path, meta, template)
-        console.print(f"[collect] resuming online TD3 at env step {run.env_steps} ({ckpt_path})")
+        console.print(f"\\[collect] resuming online TD3 at env step {run.env_steps} ({ckpt_path})")
     else:
         run = OnlineRun(
             state=template,
@@ -727,7 +727,7 @@ def train_online(
                 # One line per evaluation, with or without the bar: the log a background
                 # run (--no-progress, stderr to a file) is followed by.
                 console.print(
-                    f"[collect] env step {run.env_steps}: eval return "
+                    f"\\[collect] env step {run.env_steps}: eval return "
                     f"{run.evals[-1]['return']:.1f}, last episode {last_return:.1f}, "
                     f"{rate.replace('/s', ' per s')}"
                 )
