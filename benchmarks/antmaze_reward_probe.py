@@ -318,10 +318,11 @@ def oracle(maze_size: str, ant: Path | None, noises: list[float], episodes: int)
                 flipped_at = rows["n"][int(np.flatnonzero(~back)[-1]) + 1]
                 flips_at_wall.append(wall_distance(maze, flipped_at[:2]))
         env.close()
-        rate = mean_estimate({0: success})
+        # In percent, as scores are reported: text() keeps one decimal, too coarse for a rate.
+        rate = mean_estimate({0: [100.0 * s for s in success]})
         print(
-            f"noise {noise}: success {rate.text()}; steps to the goal median "
-            f"{np.median(lengths) if lengths else float('nan'):.0f} (max "
+            f"noise {noise}: success x 100 {rate.text()} ({int(sum(success))} of {episodes}); "
+            f"steps to the goal median {np.median(lengths) if lengths else float('nan'):.0f} (max "
             f"{max(lengths, default=0)}); {len(flips_at_wall)} of {episodes} end on the ant's "
             f"back, turned over {np.round(sorted(flips_at_wall), 1).tolist()} m from a wall; "
             f"episodes end {mean_estimate({0: left}).text()} m from the goal",

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 
 from mpcdwm.data import load_dataset  # noqa: E402
-from mpcdwm.envs import goal_rule, make_env  # noqa: E402
+from mpcdwm.envs import goal_rule, make_env, remove_maze_model_file  # noqa: E402
 from mpcdwm.maze import (  # noqa: E402
     ANT_OBS_DIM,
     D4RL_EVAL_CELLS,
@@ -52,11 +52,14 @@ def test_env_observation_sizes():
 
 def test_maze_envs_leave_no_model_file_behind():
     """gymnasium-robotics writes each maze's MuJoCo model to a /tmp file it never removes:
-    make_env removes it once the model is loaded, and the env still runs."""
+    make_env (and the evaluation task's constructor, which probes call directly) removes it
+    once the model is loaded, and the env still runs."""
     from pathlib import Path
 
-    for env_id in ("PointMaze_UMaze-v3", "AntMaze_UMaze-v5"):
-        env = make_env(env_id)
+    from mpcdwm.maze import make_eval_antmaze
+
+    built = [make_env(env_id) for env_id in ("PointMaze_UMaze-v3", "AntMaze_UMaze-v5")]
+    for env in [*built, make_eval_antmaze("UMaze")]:
         model_file = Path(env.unwrapped.tmp_xml_file_path)
         assert model_file.name.endswith(".xml") and not model_file.exists()
         env.reset(seed=0)
@@ -397,6 +400,7 @@ def _minari_antmaze(name: str, env_id: str, eval_map: list) -> None:
     env = gym.make(
         env_id, continuing_task=True, reset_target=False, include_cfrc_ext_in_observation=False
     )
+    remove_maze_model_file(env)
     buffers = []
     for ep in range(2):
         obs, _ = env.reset(seed=ep)

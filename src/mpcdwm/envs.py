@@ -106,14 +106,20 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         raise ValueError(
             f"cannot make environment {env_id!r} ({err}). Use a Gymnasium id such as Hopper-v5."
         ) from err
-    # gymnasium-robotics writes every maze's MuJoCo model (PointMaze and AntMaze) to a new
-    # /tmp/ant_maze<time>.xml and never removes it; the model is loaded by now.
-    maze_xml = getattr(env.unwrapped, "tmp_xml_file_path", None)
-    if maze_xml is not None:
-        Path(maze_xml).unlink(missing_ok=True)
+    remove_maze_model_file(env)
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = FlattenDictObservation(env)
     return env
+
+
+def remove_maze_model_file(env: gym.Env) -> None:
+    """Delete the MuJoCo model file a gymnasium-robotics maze wrote for ``env``, if any.
+
+    Every PointMaze/AntMaze env writes its model to a new ``/tmp/ant_maze<time>.xml`` and
+    never removes it; once the env is built the model is loaded, so the file can go."""
+    maze_xml = getattr(env.unwrapped, "tmp_xml_file_path", None)
+    if maze_xml is not None:
+        Path(maze_xml).unlink(missing_ok=True)
 
 
 def limit_kwargs(max_episode_steps: int | None) -> dict[str, Any]:

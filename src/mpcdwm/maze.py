@@ -43,7 +43,7 @@ from mpcdwm.data import (
     antmaze_eval_size,
     flatten_observation,
 )
-from mpcdwm.envs import limit_kwargs, make_env
+from mpcdwm.envs import limit_kwargs, make_env, remove_maze_model_file
 from mpcdwm.minari_io import TRANSITION_FIELDS, write_minari
 
 Cell = tuple[int, int]
@@ -581,7 +581,9 @@ def make_eval_antmaze(size: str, **kwargs: Any) -> gym.Env:
     otherwise; :data:`mpcdwm.envs.MPCDWM_ENVS`); ``kwargs`` go to the env."""
     from gymnasium_robotics.envs.maze.ant_maze_v5 import AntMazeEnv
 
-    return AntMazeEnv(maze_map=eval_maze_map(size), **kwargs)
+    env = AntMazeEnv(maze_map=eval_maze_map(size), **kwargs)
+    remove_maze_model_file(env)  # built directly too (probes), not only through make_env
+    return env
 
 
 def play_cells(env_id: str) -> list[Cell]:
