@@ -536,9 +536,10 @@ def collect(cfg: CollectConfig) -> str:
         overwrite=cfg.overwrite,
     )
     console.print(
-        f"\\[collect] wrote {len(data['rewards'])} transitions "
+        f"[collect] wrote {len(data['rewards'])} transitions "
         f"({int((data['terminals'] | data['truncations']).sum())} episodes, mean return "
-        f"{meta['mpcdwm_dataset_mean_return']:.1f}) to {result}"
+        f"{meta['mpcdwm_dataset_mean_return']:.1f}) to {result}",
+        markup=False,
     )
     return result
 
@@ -619,7 +620,9 @@ def _expert_actor(
     saved = _saved_expert_choice(agent_dir)
     if saved is not None and saved["made_for"] == made_for:
         chosen, rows = int(saved["chosen"]), saved["rows"]
-        console.print(f"\\[collect] expert: the choice saved in {agent_dir / EXPERT_CHOICE_NAME}")
+        console.print(
+            f"[collect] expert: the choice saved in {agent_dir / EXPERT_CHOICE_NAME}", markup=False
+        )
     else:
         chosen, rows = select_expert(
             cfg, run, td3, noise=noise, key=jax.random.fold_in(key, 1), console=console
@@ -638,9 +641,10 @@ def _expert_actor(
     meta["mpcdwm_expert_selection"] = json.dumps(rows)
     best = next(r for r in rows if r["snapshot"] == chosen)
     console.print(
-        f"\\[collect] expert: snapshot at env step {best['env_steps']} "
+        f"[collect] expert: snapshot at env step {best['env_steps']} "
         f"({best['select_return']:.1f} over {cfg.expert_select_episodes} noisy episodes; "
-        f"training evaluation {best['train_eval']:.1f})"
+        f"training evaluation {best['train_eval']:.1f})",
+        markup=False,
     )
     return run.snapshots[chosen]
 
@@ -682,8 +686,9 @@ def _collect_antmaze(cfg: CollectConfig, dataset_id: str, console: Console) -> s
     # An ant trained on this machine outranks the shipped one: say which drives, since a newer
     # package's ant is not used while an older cached one exists.
     console.print(
-        f"\\[collect] AntMaze: driving the goal-reaching ant {driver} ({driver_steps} env steps "
-        "of TD3; --agent-dir picks another)"
+        f"[collect] AntMaze: driving the goal-reaching ant {driver} ({driver_steps} env steps "
+        "of TD3; --agent-dir picks another)",
+        markup=False,
     )
     return maze.write_antmaze_dataset(
         cfg.env,

@@ -206,9 +206,10 @@ def select_expert(
         )
         if console is not None and cfg.progress:
             console.print(
-                f"\\[collect] expert candidate {n + 1}/{len(candidates)} (env step "
+                f"[collect] expert candidate {n + 1}/{len(candidates)} (env step "
                 f"{rows[-1]['env_steps']}): {rows[-1]['select_return']:.1f} over "
-                f"{cfg.expert_select_episodes} episodes with noise {noise:g}"
+                f"{cfg.expert_select_episodes} episodes with noise {noise:g}",
+                markup=False,
             )
     best = max(rows, key=lambda r: (r["select_return"], r["snapshot"]))
     return int(best["snapshot"]), rows
@@ -599,7 +600,9 @@ def train_online(
 
     if ckpt_path.exists():
         run = _load_run(ckpt_path, meta, template)
-        console.print(f"\\[collect] resuming online TD3 at env step {run.env_steps} ({ckpt_path})")
+        console.print(
+            f"[collect] resuming online TD3 at env step {run.env_steps} ({ckpt_path})", markup=False
+        )
     else:
         run = OnlineRun(
             state=template,
@@ -727,9 +730,10 @@ def train_online(
                 # One line per evaluation, with or without the bar: the log a background
                 # run (--no-progress, stderr to a file) is followed by.
                 console.print(
-                    f"\\[collect] env step {run.env_steps}: eval return "
+                    f"[collect] env step {run.env_steps}: eval return "
                     f"{run.evals[-1]['return']:.1f}, last episode {last_return:.1f}, "
-                    f"{rate.replace('/s', ' per s')}"
+                    f"{rate.replace('/s', ' per s')}",
+                    markup=False,
                 )
             done = run.env_steps >= total or reached()
             overdue = time.monotonic() - saved_at >= 60.0 * cfg.checkpoint_minutes
